@@ -1,0 +1,3 @@
+"""lema: learning from mistakes makes LLMs better reasoners."""
+
+__version__ = "0.1.0"
