@@ -2,11 +2,52 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="lema: learning from mistakes.")
 
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override a setting: --set sample.samples_per_model=4.")
+]
+
+
+@app.command("run")
+def run_command(config: ConfigOption = None, overrides: SetOption = None) -> None:
+    """Run the whole LEMA loop in this process; run the same command again to resume after a stop."""
+    from rich.console import Console
+
+    from lema.config import ConfigError, load_settings
+    from lema.inputs import InputError
+    from lema.runtime.console import stage_progress, summary_table
+    from lema.runtime.embedded import EmbeddedPipeline
+
+    console = Console(stderr=True)
+    try:
+        settings = load_settings(config, overrides or [])
+        with EmbeddedPipeline(settings) as pipeline:
+            questions = pipeline.load_questions()
+            console.print(f"[bold]lema run {settings.run.name}[/]: {len(questions)} questions from {settings.input.path}")
+            with stage_progress(console) as progress:
+                pipeline.progress = progress
+                result = pipeline.run(questions)
+    except (ConfigError, InputError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished LLM calls are journaled; run the same command to resume.")
+        raise typer.Exit(130) from None
+    Console().print(summary_table(result.summary))
+    console.print(f"dataset: {result.store_uri}/ ({', '.join(k.rsplit('/', 1)[-1] for k in result.keys)})")
+
+
 # --- command registrations (one line per area; keep module-level imports light) ---
+from lema.llm.commands import serve_llm  # noqa: E402
+
+app.command("serve-llm")(serve_llm)
 
 
 def main() -> None:

@@ -7,8 +7,9 @@ with a stronger one.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -39,15 +40,17 @@ class LLMSettings(Section):
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the env var holding the key; never the key.")
     max_concurrency: int = Field(8, gt=0)
     timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(5, ge=0)
+    max_retries: int = Field(5, ge=0, description="Retries after a 429, 5xx, timeout or dropped connection.")
+    retry_backoff_s: float = Field(0.5, gt=0, description="Backoff ceiling of the first retry; doubles each retry.")
+    retry_backoff_max_s: float = Field(30.0, gt=0, description="Cap on one backoff, Retry-After included.")
     # replay: recorded completions, for benchmarks and tests of the transport without an LLM
     recording: Path | None = None
 
 
 class RunSettings(Section):
-    name: str = "lema"
-    seed: int = 1234
-    output_dir: Path = Path("runs/lema")
+    name: str = Field("lema", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run id: the dataset's store prefix.")
+    work_dir: Path = Field(Path("runs/.work"), description="Local scratch: the LLM completion journal for resume.")
+    prompts_dir: Path | None = Field(None, description="Prompt templates overriding the packaged ones.")
 
 
 class InputSettings(Section):
@@ -190,21 +193,31 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _env_tree() -> dict[str, Any]:
-    """LEMA_* variables as a nested dict, so they can sit between the file and the CLI in precedence."""
-    import os
-
+def _env_tree(settings_cls: type[BaseModel], prefix: str) -> dict[str, Any]:
+    """`PREFIX_SECTION__FIELD` variables as a nested dict, so they sit between the file and the CLI in precedence."""
     tree: dict[str, Any] = {}
     for name, raw in os.environ.items():
-        if name.startswith("LEMA_") and "__" in name:
-            dotted = name[len("LEMA_") :].lower().replace("__", ".")
-            if dotted.split(".")[0] in LemaSettings.model_fields:
+        if name.startswith(prefix) and "__" in name:
+            dotted = name[len(prefix) :].lower().replace("__", ".")
+            if dotted.split(".")[0] in settings_cls.model_fields:
                 _set_dotted(tree, dotted, yaml.safe_load(raw))
     return tree
 
 
-def load_settings(path: Path | None = None, overrides: list[str] | None = None) -> LemaSettings:
-    """Load settings from `path` (YAML), the environment and `overrides`; errors name the file and the field."""
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
+
+
+def load_settings(
+    path: Path | None = None,
+    overrides: list[str] | None = None,
+    settings_cls: type[SettingsT] = LemaSettings,  # type: ignore[assignment]
+    env_prefix: str = "LEMA_",
+) -> SettingsT:
+    """Load `settings_cls` from `path` (YAML), then `env_prefix` variables, then `overrides` (highest).
+
+    Every settings model in lema (pipeline, services, training) loads through here, so precedence and error messages
+    are the same everywhere: errors name the file and the dotted field.
+    """
     data: dict[str, Any] = {}
     where = "defaults"
     if path is not None:
@@ -218,9 +231,9 @@ def load_settings(path: Path | None = None, overrides: list[str] | None = None) 
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = loaded or {}
-    data = _merge(_merge(data, _env_tree()), parse_overrides(overrides or []))
+    data = _merge(_merge(data, _env_tree(settings_cls, env_prefix)), parse_overrides(overrides or []))
     try:
-        return LemaSettings.model_validate(data)
+        return settings_cls.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()

@@ -1,8 +1,10 @@
-"""In-process bus: one FIFO per topic, deduplicated by key as an idempotent producer would be downstream."""
+"""In-process bus: an append-only log per topic, a cursor per (consumer group, topic), like a one-partition Kafka.
+
+Publishing a key already on the topic is a no-op, as an idempotent producer plus a keyed sink would make it.
+"""
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 
 from lema.bus.base import Message
@@ -10,24 +12,31 @@ from lema.bus.base import Message
 
 class MemoryBus:
     def __init__(self) -> None:
-        self._queues: dict[str, deque[Message]] = {}
-        self._seen: dict[str, set[str]] = {}
+        self._logs: dict[str, list[Message]] = {}
+        self._keys: dict[str, set[str]] = {}
+        self._cursors: dict[tuple[str, str], int] = {}
 
     def publish(self, messages: Sequence[Message]) -> None:
         for message in messages:
-            seen = self._seen.setdefault(message.topic, set())
-            if message.key not in seen:
-                seen.add(message.key)
-                self._queues.setdefault(message.topic, deque()).append(message)
+            keys = self._keys.setdefault(message.topic, set())
+            if message.key not in keys:
+                keys.add(message.key)
+                self._logs.setdefault(message.topic, []).append(message)
 
-    def poll(self, topic: str, max_messages: int) -> list[Message]:
-        queue = self._queues.get(topic)
-        if not queue:
-            return []
-        return [queue.popleft() for _ in range(min(max_messages, len(queue)))]
+    def poll(self, group: str, topic: str, max_messages: int) -> list[Message]:
+        """The next messages for `group` on `topic`; the cursor advances (commit on poll: nothing crosses a process)."""
+        start = self._cursors.get((group, topic), 0)
+        batch = self._logs.get(topic, [])[start : start + max_messages]
+        self._cursors[(group, topic)] = start + len(batch)
+        return batch
 
-    def pending(self, topic: str) -> int:
-        return len(self._queues.get(topic, ()))
+    def pending(self, group: str, topic: str) -> int:
+        return len(self._logs.get(topic, ())) - self._cursors.get((group, topic), 0)
+
+    def messages(self, topic: str) -> list[Message]:
+        return list(self._logs.get(topic, ()))
 
     def close(self) -> None:
-        self._queues.clear()
+        self._logs.clear()
+        self._keys.clear()
+        self._cursors.clear()

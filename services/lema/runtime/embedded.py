@@ -1,0 +1,158 @@
+"""The embedded runtime: the whole LEMA loop in one process, over an in-process bus and a local artifact store.
+
+Lifecycle: setup (validate input before any LLM call, open the store, wrap each LLM in a completion journal) ->
+run (drive the workers over the in-memory bus until every topic is drained) -> write the dataset and summary ->
+cleanup. Stopped at any point (Ctrl-C, SIGKILL), the same command resumes: every finished LLM call is answered from
+the journal, and deterministic ids make the final dataset identical to an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lema.bus.base import Message, Topics
+from lema.bus.memory import MemoryBus
+from lema.config import LemaSettings, LLMSettings
+from lema.inputs import load_questions
+from lema.llm.base import LLMBackend
+from lema.llm.journal import JournaledBackend
+from lema.pipeline import STAGE_OF, WORKERS, BackendFactory, DatasetWriterWorker, Resources, default_backend_factory
+from lema.prompts import TEMPLATES_DIR
+from lema.records import Question
+from lema.store import create_store
+
+ProgressHook = Callable[[str, int, int], None]
+"""Called as (stage, records just processed, records still pending for that stage)."""
+
+
+@dataclass
+class RunResult:
+    summary: dict[str, Any]
+    keys: list[str]
+    store_uri: str
+
+
+@dataclass
+class _Clock:
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @contextmanager
+    def time(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start
+
+
+def journaled(factory: BackendFactory, journal_dir: Path) -> BackendFactory:
+    """Wrap every backend the factory makes in a journal, one file per configured LLM name."""
+
+    def make(name: str, settings: LLMSettings) -> LLMBackend:
+        return JournaledBackend(factory(name, settings), journal_dir / f"{name}.jsonl")
+
+    return make
+
+
+class EmbeddedPipeline:
+    def __init__(
+        self,
+        settings: LemaSettings,
+        backend_factory: BackendFactory = default_backend_factory,
+        progress: ProgressHook | None = None,
+    ) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.journal_dir = settings.run.work_dir / settings.run.name / "journal"
+        self.resources = Resources(settings, journaled(backend_factory, self.journal_dir))
+        self.store = create_store(settings.store)
+        self.clock = _Clock()
+        self.processed: Counter[str] = Counter()
+
+    # -- setup -------------------------------------------------------------------------------------------------
+    def load_questions(self) -> list[Question]:
+        """Read and validate every input question first: bad input fails before a single LLM call."""
+        source = self.settings.input
+        return load_questions(source.path, source.format, source.task, source.limit)
+
+    def _save_run_config(self) -> None:
+        """The resolved settings and the prompts in force go to the store beside the dataset they produced."""
+        prefix = self.settings.run.name
+        config = self.settings.model_dump(mode="json")
+        self.store.put_bytes(f"{prefix}/config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+        prompts = self.settings.run.prompts_dir or TEMPLATES_DIR
+        for template in sorted(Path(prompts).glob("*.yaml")):
+            self.store.put_bytes(f"{prefix}/prompts/{template.name}", template.read_bytes())
+
+    # -- run ---------------------------------------------------------------------------------------------------
+    def run(self, questions: list[Question] | None = None) -> RunResult:
+        questions = self.load_questions() if questions is None else questions
+        self._save_run_config()
+        start = time.perf_counter()
+        workers = [make(self.settings, self.resources) for make in WORKERS.values()]
+        bus = MemoryBus()
+        bus.publish([Message(Topics.QUESTIONS, q.key, q) for q in questions])
+        busy = True
+        while busy:  # each pass drains every worker's inputs in flow order; evolved questions start another pass
+            busy = False
+            for worker in workers:
+                for topic in worker.inputs:
+                    while batch := bus.poll(worker.name, topic, self._batch_size(worker.name)):
+                        busy = True
+                        stage = STAGE_OF.get((worker.name, topic), "dataset")
+                        with self.clock.time(stage):
+                            bus.publish(worker.process(topic, [m.record for m in batch]))
+                        self.processed[stage] += len(batch)
+                        if self.progress:
+                            self.progress(stage, len(batch), bus.pending(worker.name, topic))
+        writer = next(w for w in workers if isinstance(w, DatasetWriterWorker))
+        with self.clock.time("dataset"):
+            extra = self._runtime_summary(time.perf_counter() - start)
+            keys = writer.builder.write(self.store, self.settings.run.name, extra)
+        summary = {**writer.builder.summary(), **extra}
+        return RunResult(summary=summary, keys=keys, store_uri=self.store.uri(self.settings.run.name))
+
+    def _batch_size(self, worker: str) -> int:
+        sizes = {
+            "sampler": self.settings.sample.batch_size,
+            "corrector": self.settings.correct.batch_size,
+            "evolver": self.settings.evolve.batch_size,
+        }
+        return sizes.get(worker, 256)
+
+    def _runtime_summary(self, seconds: float) -> dict[str, Any]:
+        llms: dict[str, Any] = {}
+        for name, backend in self.resources.backends.items():
+            usage = backend.usage
+            llms[name] = {
+                "model": backend.model,
+                "requests": usage.requests,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "generate_seconds": round(usage.seconds, 3),
+                "journal_hits": backend.hits if isinstance(backend, JournaledBackend) else 0,
+            }
+        return {
+            "run": self.settings.run.name,
+            "llms": llms,
+            "processed": dict(self.processed),
+            "timings_s": {**{k: round(v, 3) for k, v in self.clock.seconds.items()}, "total": round(seconds, 3)},
+        }
+
+    # -- cleanup -----------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.resources.close()
+
+    def __enter__(self) -> EmbeddedPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
