@@ -11,7 +11,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="lema: learni
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")]
 SetOption = Annotated[
-    list[str] | None, typer.Option("--set", "-s", help="Override a setting: --set sample.samples_per_model=4.")
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a setting: --set sample.samples_per_model=4."),
 ]
 
 
@@ -20,17 +21,19 @@ def run_command(config: ConfigOption = None, overrides: SetOption = None) -> Non
     """Run the whole LEMA loop in this process; run the same command again to resume after a stop."""
     from rich.console import Console
 
-    from lema.config import ConfigError, load_settings
+    from lema.config import ConfigError, LemaSettings, load_settings
     from lema.inputs import InputError
     from lema.runtime.console import stage_progress, summary_table
     from lema.runtime.embedded import EmbeddedPipeline
 
     console = Console(stderr=True)
     try:
-        settings = load_settings(config, overrides or [])
+        settings: LemaSettings = load_settings(config, overrides or [])
         with EmbeddedPipeline(settings) as pipeline:
             questions = pipeline.load_questions()
-            console.print(f"[bold]lema run {settings.run.name}[/]: {len(questions)} questions from {settings.input.path}")
+            console.print(
+                f"[bold]lema run {settings.run.name}[/]: {len(questions)} questions from {settings.input.path}"
+            )
             with stage_progress(console) as progress:
                 pipeline.progress = progress
                 result = pipeline.run(questions)
@@ -48,6 +51,13 @@ def run_command(config: ConfigOption = None, overrides: SetOption = None) -> Non
 from lema.llm.commands import serve_llm  # noqa: E402
 
 app.command("serve-llm")(serve_llm)
+from lema.checker.cli import check_command  # noqa: E402
+
+app.command("check")(check_command)
+from lema.training.cli import eval_app, train_app  # noqa: E402
+
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
 
 
 def main() -> None:

@@ -12,13 +12,19 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from lema.checker import extract_answer, extract_gold
+from lema.checker import canonical_answer, extract_answer, extract_gold
 from lema.records import Question, Task
 
 Format = Literal["auto", "gsm8k", "math", "lema", "mcq"]
 TASK_OF_FORMAT: dict[str, Task] = {"gsm8k": "gsm8k", "math": "math", "lema": "gsm8k", "mcq": "mcq"}
 _CALCULATOR = re.compile(r"<<[^>]*>>")
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_NUMERIC = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
+
+
+def is_numeric_answer(answer: str) -> bool:
+    """GSM8K-style answers are numbers: '18', '-3', '22.5', '3/4', '$1,200' all qualify."""
+    return _NUMERIC.fullmatch(canonical_answer(answer, "gsm8k")) is not None
 
 
 class InputError(ValueError):
@@ -49,7 +55,7 @@ def _text(row: Mapping[str, Any], field: str) -> str:
 
 def gsm8k_steps(solution: str, answer: str) -> str:
     """A GSM8K reference solution in the project's CoT format: numbered steps, calculator notes removed."""
-    body = solution.split("####")[0]
+    body = solution.split("####", maxsplit=1)[0]
     lines = [_CALCULATOR.sub("", line).strip() for line in body.splitlines()]
     steps = [f"Step {i}: {line}" for i, line in enumerate((line for line in lines if line), start=1)]
     return "\n".join([*steps, f"The answer is {answer}."])
@@ -92,13 +98,13 @@ def question_from_row(row: Mapping[str, Any], fmt: Format, task: Task | None, so
     if fmt == "gsm8k":
         text, solution = _text(row, "question"), _text(row, "answer")
         gold = extract_gold(solution, task)
-        if gold is None:
+        if gold is None or (task == "gsm8k" and not is_numeric_answer(gold)):
             raise ValueError("field 'answer': no gold answer (expected a number or a solution ending '#### N')")
         reference = gsm8k_steps(solution, gold) if "####" in solution else None
         return Question.create(text, gold, task, source, reference_solution=reference)
     if fmt == "math":
         text, solution = _text(row, "problem"), _text(row, "solution")
-        gold = extract_gold(solution, task)
+        gold = extract_gold(solution, task) if "\\boxed" in solution or "\\fbox" in solution else None
         if gold is None:
             raise ValueError(r"field 'solution': no gold answer (expected a final \boxed{...})")
         return Question.create(text, gold, task, source, reference_solution=solution)

@@ -112,9 +112,7 @@ class CheckerWorker:
     def process(self, topic: str, records: Sequence[Record]) -> list[Message]:
         if topic == Topics.PATHS:
             checked = check_attempts(_typed(records, Attempt), self.resources.checker)
-            return [
-                Message(Topics.COT if a.path.verdict == "correct" else Topics.MISTAKES, a.key, a) for a in checked
-            ]
+            return [Message(Topics.COT if a.path.verdict == "correct" else Topics.MISTAKES, a.key, a) for a in checked]
         verified, drops = verify_corrections(_typed(records, CorrectedAttempt), self.resources.checker)
         return _messages(Topics.VERIFIED, verified) + _messages(Topics.DROPS, drops)
 

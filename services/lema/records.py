@@ -68,6 +68,10 @@ class Question(Record):
             reference_solution=reference_solution,
         )
 
+    @property
+    def key(self) -> str:
+        return self.id
+
 
 class GenerationParams(Record):
     """Sampling parameters that, with the prompt and model, determine a completion."""

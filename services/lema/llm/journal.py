@@ -119,4 +119,3 @@ class ReplayBackend:
 
     def close(self) -> None:
         pass
-

@@ -24,7 +24,14 @@ from lema.config import LemaSettings, LLMSettings
 from lema.inputs import load_questions
 from lema.llm.base import LLMBackend
 from lema.llm.journal import JournaledBackend
-from lema.pipeline import STAGE_OF, WORKERS, BackendFactory, DatasetWriterWorker, Resources, default_backend_factory
+from lema.pipeline import (
+    STAGE_OF,
+    WORKERS,
+    BackendFactory,
+    DatasetWriterWorker,
+    Resources,
+    default_backend_factory,
+)
 from lema.prompts import TEMPLATES_DIR
 from lema.records import Question
 from lema.store import create_store
@@ -144,7 +151,10 @@ class EmbeddedPipeline:
             "run": self.settings.run.name,
             "llms": llms,
             "processed": dict(self.processed),
-            "timings_s": {**{k: round(v, 3) for k, v in self.clock.seconds.items()}, "total": round(seconds, 3)},
+            "timings_s": {
+                **{k: round(v, 3) for k, v in self.clock.seconds.items()},
+                "total": round(seconds, 3),
+            },
         }
 
     # -- cleanup -----------------------------------------------------------------------------------------------

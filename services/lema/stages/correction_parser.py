@@ -13,9 +13,7 @@ _MARKDOWN = re.compile(r"(\*\*|__|`|^#+\s*|^>\s*)", re.MULTILINE)
 _LABEL = r"^[ \t\-*]*{}\s*[:.\-]?"
 _STEP_LABEL = re.compile(_LABEL.format(r"(?:the\s+)?(?:first\s+)?incorrect\s+step"), re.IGNORECASE | re.MULTILINE)
 _EXPLANATION_LABEL = re.compile(_LABEL.format(r"(?:explanation|reason|why)"), re.IGNORECASE | re.MULTILINE)
-_SOLUTION_LABEL = re.compile(
-    _LABEL.format(r"correct(?:ed|ion)?\s+solution"), re.IGNORECASE | re.MULTILINE
-)
+_SOLUTION_LABEL = re.compile(_LABEL.format(r"correct(?:ed|ion)?\s+solution"), re.IGNORECASE | re.MULTILINE)
 _STEP_NUMBER = re.compile(r"^\s*\(?(?:step\s*)?(\d+)\)?", re.IGNORECASE)
 _STEP_LINE = re.compile(r"^\s*step\s*(\d+)\s*[:.]", re.IGNORECASE | re.MULTILINE)
 

@@ -7,6 +7,7 @@ question without a clear majority, without a numeric answer, or too close to a k
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from lema.checker import canonical_answer, extract_answer
 from lema.config import EvolveSettings
+from lema.inputs import is_numeric_answer
 from lema.llm.base import GenerationRequest, LLMBackend
 from lema.prompts import load_prompt
 from lema.records import Drop, Question, stable_id
@@ -23,9 +25,9 @@ from lema.stages.sample import seeded
 STAGE = "evolve"
 MIN_WORDS = 8
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_MARKDOWN = re.compile(r"\*\*|__|`|^#+", re.MULTILINE)
 _LABEL = re.compile(r"^\W*(?:new\s+)?(?:problem|question)\s*\d*\s*[:.]\s*", re.IGNORECASE)
 _SOLVING = re.compile(r"\n\s*(?:\W*(?:solution|answer|step\s*1)\b)", re.IGNORECASE)
-_NUMERIC_KEY = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
 
 
 def _normalise(text: str) -> str:
@@ -35,7 +37,7 @@ def _normalise(text: str) -> str:
 def _shingles(text: str) -> frozenset[str]:
     """Word bigrams with numbers masked: a copy with only the numbers changed is still a near duplicate."""
     words = _NUMBER.sub("#", _normalise(text)).split()
-    return frozenset(" ".join(pair) for pair in zip(words, words[1:], strict=False)) or frozenset(words)
+    return frozenset(" ".join(pair) for pair in itertools.pairwise(words)) or frozenset(words)
 
 
 @dataclass
@@ -75,7 +77,7 @@ class QuestionIndex:
 
 def clean_generated_question(text: str) -> str:
     """The question alone: label stripped, anything after it (a solution, an answer) cut off."""
-    text = _LABEL.sub("", text.strip())
+    text = _LABEL.sub("", _MARKDOWN.sub("", text).strip())
     text = _SOLVING.split(text, maxsplit=1)[0]
     return " ".join(text.split())
 
@@ -147,15 +149,13 @@ def evolve_questions(
             drops.append(Drop(stage=STAGE, reason="no_majority", record_id=draft_id, detail=str(dict(tally))))
             continue
         gold = top[0][0]
-        if not _NUMERIC_KEY.fullmatch(gold):
+        if not is_numeric_answer(gold):
             drops.append(Drop(stage=STAGE, reason="non_numeric_answer", record_id=draft_id, detail=gold))
             continue
         if (duplicate := index.duplicate_of(text)) is not None:  # a sibling from this batch got there first
             drops.append(Drop(stage=STAGE, reason=duplicate[0], record_id=draft_id, detail=duplicate[1]))
             continue
-        question = Question.create(
-            text, gold, "gsm8k", source="evolved", parent_id=seed.id, round=seed.round + 1
-        )
+        question = Question.create(text, gold, "gsm8k", source="evolved", parent_id=seed.id, round=seed.round + 1)
         index.add(question)
         kept.append(question)
     return kept, drops

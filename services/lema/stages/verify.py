@@ -14,7 +14,10 @@ def verify_corrections(
     items: Sequence[CorrectedAttempt], checker: Checker
 ) -> tuple[list[CorrectedAttempt], list[Drop]]:
     results = checker.check_batch(
-        [CheckItem(i.correction.corrected_solution, i.question.gold, i.question.task, i.question.choices) for i in items]
+        [
+            CheckItem(i.correction.corrected_solution, i.question.gold, i.question.task, i.question.choices)
+            for i in items
+        ]
     )
     verified: list[CorrectedAttempt] = []
     drops: list[Drop] = []

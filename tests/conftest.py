@@ -1,0 +1,26 @@
+"""Shared test paths. Test data lives in ../shared beside the repository (as in CI); it is never copied in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def gsm8k_test_file() -> Path:
+    path = SHARED_DATA / "gsm8k_test.jsonl"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: tests expect ../shared/data beside the repository")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gsm8k_train_file() -> Path:
+    path = SHARED_DATA / "gsm8k_train.jsonl"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: tests expect ../shared/data beside the repository")
+    return path

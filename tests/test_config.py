@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lema.config import ConfigError, LemaSettings, load_settings, parse_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINE_CONFIGS = sorted((REPO / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PIPELINE_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_pipeline_config_loads(path: Path) -> None:
+    settings = load_settings(path)
+    assert isinstance(settings, LemaSettings)
+    assert Path(REPO / settings.input.path).is_file() or settings.input.path.startswith("hf://")
+
+
+def test_precedence_is_cli_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"sample": {"samples_per_model": 3, "batch_size": 5}}))
+    monkeypatch.setenv("LEMA_SAMPLE__SAMPLES_PER_MODEL", "4")
+    monkeypatch.setenv("LEMA_SAMPLE__PARAMS__TEMPERATURE", "0.2")
+    settings = load_settings(config, ["sample.samples_per_model=6"])
+    assert settings.sample.samples_per_model == 6
+    assert settings.sample.params.temperature == 0.2
+    assert settings.sample.batch_size == 5
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings()
+    with pytest.raises(Exception, match="frozen"):
+        settings.run.name = "other"  # type: ignore[misc]
+
+
+def test_errors_name_file_and_field(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("sample:\n  samples_per_model: -1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: sample\.samples_per_model"):
+        load_settings(config)
+    config.write_text("sampel: {}\n")
+    with pytest.raises(ConfigError, match="sampel"):
+        load_settings(config)
+    config.write_text("sample: [1\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_settings(config)
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.yaml")
+
+
+def test_stage_must_name_a_defined_llm() -> None:
+    with pytest.raises(ConfigError, match=r"correct\.model: unknown LLM 'big'"):
+        load_settings(None, ["correct.model=big"])
+
+
+def test_overrides_parse_yaml_values() -> None:
+    assert parse_overrides(["a.b=1", "a.c=[x, y]", "d=true"]) == {"a": {"b": 1, "c": ["x", "y"]}, "d": True}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["novalue"])
