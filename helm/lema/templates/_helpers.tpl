@@ -1,0 +1,140 @@
+{{/* Names: <release>-lema unless the release name already contains the chart name (Helm's usual convention). */}}
+{{- define "lema.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "lema.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A component's resource name: <fullname>-<component>. Call with (dict "ctx" $ "component" "sampler"). */}}
+{{- define "lema.componentName" -}}
+{{- printf "%s-%s" (include "lema.fullname" .ctx) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels never change after install (a Deployment's selector is immutable): name, instance, component. */}}
+{{- define "lema.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lema.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "lema.labels" -}}
+{{ include "lema.selectorLabels" . }}
+helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: lema
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+{{- end -}}
+
+{{- define "lema.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "lema.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* repository:tag, the tag defaulting to the chart's appVersion. Call with (dict "ctx" $ "image" .Values.image). */}}
+{{- define "lema.image" -}}
+{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+
+{{- define "lema.kafkaBootstrapServers" -}}
+{{- if .Values.kafka.enabled -}}
+{{- printf "%s-kafka:9092" .Release.Name -}}
+{{- else -}}
+{{- required "externalKafka.bootstrapServers is required when kafka.enabled=false (host:port of your Kafka brokers)" .Values.externalKafka.bootstrapServers -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "lema.minioEndpoint" -}}
+{{- if .Values.minio.enabled -}}
+{{- printf "%s-minio:9000" .Release.Name -}}
+{{- else -}}
+{{- required "externalMinio.endpoint is required when minio.enabled=false (host:port of your MinIO or S3 endpoint)" .Values.externalMinio.endpoint -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "lema.vllmBaseUrl" -}}
+{{- printf "http://%s:%d/v1" (include "lema.componentName" (dict "ctx" . "component" "vllm")) (int .Values.vllm.port) -}}
+{{- end -}}
+
+{{/* The store section every lema config gets: the bundled MinIO or the external endpoint. */}}
+{{- define "lema.storeSettings" -}}
+kind: minio
+endpoint: {{ include "lema.minioEndpoint" . }}
+secure: {{ and (not .Values.minio.enabled) .Values.externalMinio.secure }}
+{{- end -}}
+
+{{/* The lema config file: .Values.config with the bus, the store and the vLLM LLM filled in from the chart's values. */}}
+{{- define "lema.config" -}}
+{{- $config := deepCopy .Values.config -}}
+{{- $bus := dict "kind" "kafka" "bootstrap_servers" (include "lema.kafkaBootstrapServers" .) -}}
+{{- $_ := set $config "bus" (merge $bus (default dict $config.bus)) -}}
+{{- $_ = set $config "store" (merge (include "lema.storeSettings" . | fromYaml) (default dict $config.store)) -}}
+{{- if .Values.vllm.enabled -}}
+{{- $llms := default dict $config.llms -}}
+{{- $vllm := dict "backend" "openai" "model" (default .Values.vllm.model .Values.vllm.servedModelName) "base_url" (include "lema.vllmBaseUrl" .) -}}
+{{- $_ = set $llms .Values.vllm.llmName $vllm -}}
+{{- $_ = set $config "llms" $llms -}}
+{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}
+
+{{/* The training config file: .Values.training.config with the store filled in, like the services' config. */}}
+{{- define "lema.trainConfig" -}}
+{{- $config := deepCopy .Values.training.config -}}
+{{- $_ := set $config "store" (merge (include "lema.storeSettings" . | fromYaml) (default dict $config.store)) -}}
+{{- toYaml $config -}}
+{{- end -}}
+
+{{/* The Kafka topics a service consumes (lema's fixed wiring); KEDA scales on their lag. */}}
+{{- define "lema.inputTopics" -}}
+{{- $topics := dict
+  "sampler" (list "questions")
+  "checker" (list "paths" "corrections")
+  "corrector" (list "mistakes")
+  "evolver" (list "corrections.verified")
+  "dataset-writer" (list "cot" "corrections.verified" "drops") -}}
+{{- required (printf "services.%s: not a lema service (expected one of %s)" .component (keys $topics | sortAlpha | join ", ")) (get $topics .component) | toJson -}}
+{{- end -}}
+
+{{/* Environment from Secrets only: MinIO credentials, LLM API keys, the gRPC token. */}}
+{{- define "lema.secretEnv" -}}
+- name: LEMA_S3_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.global.s3Credentials.secretName }}
+      key: {{ .Values.global.s3Credentials.accessKeyKey }}
+- name: LEMA_S3_SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.global.s3Credentials.secretName }}
+      key: {{ .Values.global.s3Credentials.secretKeyKey }}
+{{- range .Values.secrets.llmApiKeys }}
+- name: {{ .env }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: {{ .key }}
+{{- end }}
+{{- with .Values.secrets.grpcToken }}
+{{- if .secretName }}
+- name: LEMA_GRPC_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: {{ .key }}
+{{- end }}
+{{- end }}
+{{- end -}}

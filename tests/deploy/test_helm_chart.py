@@ -1,0 +1,331 @@
+"""The Helm chart over a values matrix: lint, schema-valid manifests, and the fields a platform team relies on."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import pytest
+import yaml
+from deploy_testing import (
+    CHART_DIR,
+    KUBERNETES_VERSION,
+    NAMESPACE,
+    VALUES_CASES,
+    Manifest,
+    all_problems,
+    config_file,
+    of_kind,
+    render,
+    render_notes,
+    workloads,
+)
+
+from lema.config import load_settings
+from lema.training.config import load_train_settings
+
+SERVICES = ("sampler", "checker", "corrector", "evolver", "dataset-writer")
+# lema's Kafka wiring: the topics each service consumes (what KEDA must watch).
+INPUT_TOPICS = {
+    "sampler": {"questions"},
+    "checker": {"paths", "corrections"},
+    "corrector": {"mistakes"},
+    "evolver": {"corrections.verified"},
+    "dataset-writer": {"cot", "corrections.verified", "drops"},
+}
+SECRET_LIKE = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module", params=list(VALUES_CASES))
+def case(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def values(case: str) -> dict[str, Any]:
+    """The values Helm would use: chart defaults coalesced with the case's overrides."""
+    with helm_python.Chart.load(CHART_DIR) as chart:
+        merged: dict[str, Any] = chart.merge_values(VALUES_CASES[case])
+    return merged
+
+
+@pytest.fixture(scope="module")
+def manifests(case: str) -> list[Manifest]:
+    return render(VALUES_CASES[case])
+
+
+def service_deployments(manifests: list[Manifest]) -> dict[str, Manifest]:
+    by_component = {
+        m.body["metadata"]["labels"]["app.kubernetes.io/component"]: m for m in of_kind(manifests, "Deployment")
+    }
+    return {service: by_component[service] for service in SERVICES if service in by_component}
+
+
+def containers(template: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = template["spec"]
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def test_chart_passes_helm_lint(case: str) -> None:
+    report = helm_python.lint(
+        CHART_DIR, VALUES_CASES[case], strict=True, with_subcharts=True, namespace=NAMESPACE,
+        kube_version=f"v{KUBERNETES_VERSION}",
+    )  # fmt: skip
+    findings = [f"{m['path']}: {m['error']}" for m in report["messages"] if m["severity"] >= 2]
+    assert not findings and not report["errors"], "\n".join(findings + report["errors"])
+
+
+def test_every_manifest_matches_the_kubernetes_schema(manifests: list[Manifest]) -> None:
+    assert manifests
+    problems = all_problems(manifests)
+    assert not problems, "\n".join(problems)
+
+
+def test_services_probe_grpc_health_and_wait_for_model_loading(
+    manifests: list[Manifest], values: dict[str, Any]
+) -> None:
+    deployments = service_deployments(manifests)
+    assert set(deployments) == {name for name in SERVICES if values["services"][name]["enabled"]}
+    grpc_port = values["ports"]["grpc"]
+    for service, deployment in deployments.items():
+        (container,) = deployment.body["spec"]["template"]["spec"]["containers"]
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["grpc"] == {"port": grpc_port}, f"{deployment.where}: {probe}"
+        startup = container["startupProbe"]
+        window = startup["periodSeconds"] * startup["failureThreshold"]
+        assert window >= values["services"][service]["startupSeconds"], f"{deployment.where}: startup window {window}s"
+        assert container["args"] == ["serve", service, "--config", "/etc/lema/config.yaml"]
+        ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+        assert ports == {"grpc": grpc_port, "metrics": values["ports"]["metrics"]}
+
+
+def test_model_servers_get_a_memory_backed_dev_shm(manifests: list[Manifest], values: dict[str, Any]) -> None:
+    model_servers = [m for m in of_kind(manifests, "Deployment") if m.name.endswith("-vllm")]
+    model_servers += [m for s, m in service_deployments(manifests).items() if values["services"][s]["modelServer"]]
+    model_servers += [m for m in manifests if m.kind in ("Job", "PyTorchJob")]
+    for manifest, template in workloads(model_servers):
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for c in containers(template) for m in c.get("volumeMounts", [])}
+        assert "/dev/shm" in mounts, f"{manifest.where}: no /dev/shm mount"
+        assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory", manifest.where
+
+
+def test_every_pod_runs_non_root_without_capabilities(manifests: list[Manifest]) -> None:
+    for manifest, template in workloads(manifests):
+        pod = template["spec"]
+        assert pod.get("automountServiceAccountToken") is False, f"{manifest.where}: mounts an API token"
+        pod_context = pod.get("securityContext", {})
+        for container in containers(template):
+            context = container.get("securityContext", {})
+            where = f"{manifest.where}: container {container['name']}"
+            assert context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is True, where
+            seccomp = context.get("seccompProfile", pod_context.get("seccompProfile", {}))
+            assert seccomp.get("type") == "RuntimeDefault", where
+            assert context.get("allowPrivilegeEscalation") is False, where
+            assert context.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not context.get("capabilities", {}).get("add"), where
+            if manifest.body["metadata"]["labels"].get("app.kubernetes.io/part-of") == "lema":
+                assert context.get("readOnlyRootFilesystem") is True, where
+
+
+def test_gpu_requests_equal_limits(manifests: list[Manifest], values: dict[str, Any]) -> None:
+    gpu_containers = []
+    for manifest, template in workloads(manifests):
+        for container in containers(template):
+            resources = container.get("resources", {})
+            requests, limits = resources.get("requests", {}), resources.get("limits", {})
+            for resource in {*requests, *limits} - {"cpu", "memory", "ephemeral-storage"}:
+                where = f"{manifest.where}: {container['name']}: {resource}"
+                assert str(requests.get(resource)) == str(limits.get(resource)), where
+                gpu_containers.append((manifest, resource, int(limits[resource])))
+    expected = []
+    if values["vllm"]["enabled"]:
+        expected.append(("Deployment", values["vllm"]["gpuResource"], values["vllm"]["gpus"]))
+    if values["training"]["enabled"]:
+        kind = "Job" if values["training"]["nodes"] == 1 else "PyTorchJob"
+        expected += [(kind, values["training"]["gpuResource"], values["training"]["gpusPerNode"])] * min(
+            values["training"]["nodes"], 2
+        )
+    assert sorted((m.kind, r, n) for m, r, n in gpu_containers) == sorted(expected)
+
+
+def test_gpu_pods_take_runtime_class_node_selector_and_tolerations(
+    manifests: list[Manifest], values: dict[str, Any]
+) -> None:
+    for section, selects_workload in (
+        ("vllm", lambda m: m.kind == "Deployment" and m.name.endswith("-vllm")),
+        ("training", lambda m: m.kind in ("Job", "PyTorchJob")),
+    ):
+        settings = values[section]
+        for manifest, template in workloads([m for m in manifests if selects_workload(m)]):
+            pod = template["spec"]
+            assert pod.get("runtimeClassName") == (settings["runtimeClassName"] or None), manifest.where
+            assert pod.get("nodeSelector", {}) == settings["nodeSelector"], manifest.where
+            assert pod.get("tolerations", []) == settings["tolerations"], manifest.where
+
+
+def test_no_secret_values_are_rendered(manifests: list[Manifest]) -> None:
+    assert not of_kind(manifests, "Secret")
+    for manifest, template in workloads(manifests):
+        for container in containers(template):
+            for env in container.get("env", []):
+                if SECRET_LIKE.search(env["name"]):
+                    assert "value" not in env, f"{manifest.where}: {env['name']} has a literal value"
+                    assert "secretKeyRef" in env["valueFrom"], f"{manifest.where}: {env['name']} not from a Secret"
+
+
+def test_notes_tell_how_to_create_every_secret_the_pods_read(case: str, manifests: list[Manifest]) -> None:
+    notes = render_notes(VALUES_CASES[case])
+    secret_names = {
+        env["valueFrom"]["secretKeyRef"]["name"]
+        for _, template in workloads(manifests)
+        for container in containers(template)
+        for env in container.get("env", [])
+        if "secretKeyRef" in env.get("valueFrom", {})
+    }
+    for name in secret_names:
+        assert f"create secret generic {name} " in notes, f"NOTES.txt does not mention Secret {name}"
+
+
+def test_labels_and_selectors_match(manifests: list[Manifest]) -> None:
+    pods = workloads(manifests)
+    for manifest, template in pods:
+        if manifest.kind in ("Deployment", "StatefulSet"):
+            selector = manifest.body["spec"]["selector"]["matchLabels"]
+            assert selects(selector, template["metadata"]["labels"]), f"{manifest.where}: selector misses its pods"
+            others = [m.where for m, t in pods if m is not manifest and selects(selector, t["metadata"]["labels"])]
+            assert not others, f"{manifest.where}: selector also matches {others}"
+    for service in of_kind(manifests, "Service"):
+        matched = [t for _, t in pods if selects(service.body["spec"]["selector"], t["metadata"]["labels"])]
+        assert len(matched) == 1, f"{service.where}: selects {len(matched)} workloads"
+        container_ports = {p["name"] for c in containers(matched[0]) for p in c.get("ports", [])}
+        for port in service.body["spec"]["ports"]:
+            assert port["targetPort"] in container_ports, f"{service.where}: targetPort {port['targetPort']}"
+    for pdb in of_kind(manifests, "PodDisruptionBudget"):
+        selector = pdb.body["spec"]["selector"]["matchLabels"]
+        assert sum(selects(selector, t["metadata"]["labels"]) for _, t in pods) == 1, pdb.where
+    deployments = {m.name for m in of_kind(manifests, "Deployment")}
+    for scaler in of_kind(manifests, "HorizontalPodAutoscaler") + of_kind(manifests, "ScaledObject"):
+        assert scaler.body["spec"]["scaleTargetRef"]["name"] in deployments, scaler.where
+    services = of_kind(manifests, "Service")
+    for monitor in of_kind(manifests, "ServiceMonitor"):
+        selector = monitor.body["spec"]["selector"]["matchLabels"]
+        watched = [s for s in services if selects(selector, s.body["metadata"]["labels"])]
+        port_names = {p["name"] for s in watched for p in s.body["spec"]["ports"]}
+        assert watched, f"{monitor.where}: selects no Service"
+        for endpoint in monitor.body["spec"]["endpoints"]:
+            assert endpoint["port"] in port_names, f"{monitor.where}: no Service has port {endpoint['port']}"
+
+
+def test_pods_mount_config_maps_and_accounts_the_chart_creates(manifests: list[Manifest]) -> None:
+    config_maps = {m.name for m in of_kind(manifests, "ConfigMap")}
+    accounts = {m.name for m in of_kind(manifests, "ServiceAccount")}
+    for manifest, template in workloads(manifests):
+        for volume in template["spec"].get("volumes", []):
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in config_maps, f"{manifest.where}: volume {volume['name']}"
+        account = template["spec"].get("serviceAccountName")
+        assert account is None or account in accounts, f"{manifest.where}: ServiceAccount {account}"
+
+
+def test_rendered_config_files_load_with_lemas_own_settings(
+    manifests: list[Manifest], values: dict[str, Any], tmp_path: Path
+) -> None:
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config_file(manifests, "lema-config", "config.yaml")))
+    settings = load_settings(config_path)
+    assert settings.bus.kind == "kafka" and settings.store.kind == "minio"
+    if values["kafka"]["enabled"]:
+        assert settings.bus.bootstrap_servers == "lema-kafka:9092"
+    else:
+        assert settings.bus.bootstrap_servers == values["externalKafka"]["bootstrapServers"]
+    if values["minio"]["enabled"]:
+        assert (settings.store.endpoint, settings.store.secure) == ("lema-minio:9000", False)
+    else:
+        assert (settings.store.endpoint, settings.store.secure) == (
+            values["externalMinio"]["endpoint"], values["externalMinio"]["secure"],
+        )  # fmt: skip
+    if values["training"]["enabled"]:
+        train_path = tmp_path / "train.yaml"
+        train_path.write_text(yaml.safe_dump(config_file(manifests, "lema-train-config", "train.yaml")))
+        assert load_train_settings(train_path).store == settings.store
+
+
+def test_vllm_server_is_the_openai_llm_in_the_config(manifests: list[Manifest], values: dict[str, Any]) -> None:
+    llms = config_file(manifests, "lema-config", "config.yaml")["llms"]
+    if not values["vllm"]["enabled"]:
+        assert not [m for m in manifests if m.name.endswith("-vllm")]
+        return
+    (service,) = [m for m in of_kind(manifests, "Service") if m.name.endswith("-vllm")]
+    (port,) = service.body["spec"]["ports"]
+    llm = llms[values["vllm"]["llmName"]]
+    assert llm["backend"] == "openai"
+    assert llm["base_url"] == f"http://{service.name}:{port['port']}/v1"
+    (deployment,) = [m for m in of_kind(manifests, "Deployment") if m.name == service.name]
+    args = deployment.body["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--served-model-name={llm['model']}" in args
+
+
+def test_keda_scales_each_service_on_the_lag_of_its_own_topics(
+    manifests: list[Manifest], values: dict[str, Any]
+) -> None:
+    scaled = {m.name: m for m in of_kind(manifests, "ScaledObject")}
+    hpas = {m.name for m in of_kind(manifests, "HorizontalPodAutoscaler")}
+    deployments = service_deployments(manifests)
+    autoscaled = {s: d.name for s, d in deployments.items() if values["services"][s]["autoscaling"]["enabled"]}
+    assert set(scaled if values["keda"]["enabled"] else hpas) == set(autoscaled.values())
+    assert not (hpas if values["keda"]["enabled"] else scaled)
+    bus = config_file(manifests, "lema-config", "config.yaml")["bus"]
+    for service, name in autoscaled.items() if values["keda"]["enabled"] else ():
+        triggers = scaled[name].body["spec"]["triggers"]
+        assert {t["metadata"]["topic"] for t in triggers} == {bus["topic_prefix"] + t for t in INPUT_TOPICS[service]}
+        for trigger in triggers:
+            assert trigger["type"] == "kafka"
+            assert trigger["metadata"]["consumerGroup"] == bus["group_prefix"] + service
+            assert trigger["metadata"]["bootstrapServers"] == bus["bootstrap_servers"]
+        assert "replicas" not in deployments[service].body["spec"], f"{name}: replicas would fight the autoscaler"
+
+
+def test_dashboard_charts_the_metrics_lema_exports() -> None:
+    manifests = render({"metrics": {"dashboard": {"enabled": True}}})
+    (dashboard_map,) = [m for m in of_kind(manifests, "ConfigMap") if m.name.endswith("-dashboard")]
+    assert dashboard_map.body["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(dashboard_map.body["data"]["lema.json"])
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\blema_[a-z_]+", target["expr"])
+    }
+    exported = exported_sample_names()
+    assert queried <= exported, f"the dashboard queries metrics lema does not export: {sorted(queried - exported)}"
+    titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
+    for subject in ("per stage", "lag", "dead letters", "yield", "grpc latency", "training loss"):
+        assert subject in titles
+
+
+SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "summary": ("_count", "_sum")}
+
+
+def exported_sample_names() -> set[str]:
+    """The series names the services and the trainer expose, from their metric families' names and types."""
+    from prometheus_client import REGISTRY
+
+    from lema.runtime import metrics
+    from lema.training.config import MetricsSettings
+    from lema.training.metrics import TrainingMetrics
+
+    collectors = [REGISTRY, metrics.LLMUsageCollector(dict), TrainingMetrics(MetricsSettings(), "test").registry]
+    return {
+        family.name + suffix
+        for collector in collectors
+        for family in collector.collect()
+        for suffix in SAMPLE_SUFFIXES.get(family.type, ("",))
+    }
