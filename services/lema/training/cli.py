@@ -1,0 +1,122 @@
+"""`lema train` (run here), `lema train submit` (run in a cluster) and `lema eval`. Heavy imports stay inside."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lema.config import ConfigError
+from lema.training.config import TrainSettings, load_train_settings
+
+train_app = typer.Typer(no_args_is_help=False, help="Fine-tune on the CoT and correction datasets.")
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Training YAML (see training_job/example.yaml).")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a field: KEY=VALUE (repeatable).")]
+
+
+def _settings(config: Path, overrides: list[str] | None) -> TrainSettings:
+    try:
+        return load_train_settings(config, overrides or [])
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config/--set") from exc
+
+
+@train_app.callback(invoke_without_command=True)
+def train(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Training YAML.")] = None,
+    overrides: SetOption = None,
+    nproc: Annotated[int, typer.Option(help="Processes on this machine (torchrun; gloo on CPU).", min=1)] = 1,
+) -> None:
+    """Train here: `lema train --config FILE` (CPU is fine for tiny models)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if config is None:
+        raise typer.BadParameter("lema train needs --config FILE (or a sub-command: submit)", param_hint="--config")
+    if nproc > 1:
+        from lema.training.job import launch_local
+
+        _settings(config, overrides)  # fail here, once, rather than in every rank
+        raise typer.Exit(launch_local(config, overrides or [], nproc))
+    import json
+
+    from lema.training.job import run_job
+
+    typer.echo(json.dumps(run_job(_settings(config, overrides)), indent=2))
+
+
+@train_app.command("submit")
+def submit(
+    config: ConfigOption,
+    overrides: SetOption = None,
+    follow: Annotated[bool, typer.Option(help="Wait for the job to succeed or fail.")] = True,
+) -> None:
+    """Create the training Job (or PyTorchJob) in the cluster and follow it to a terminal state."""
+    from lema.training.launcher import kubernetes_client, submit_job
+
+    settings = _settings(config, overrides)
+    state = submit_job(settings, kubernetes_client(), follow=follow)
+    name = f"{settings.submit.kind} {settings.submit.namespace}/{settings.submit.name}"
+    typer.echo(f"{name}: {state or 'submitted'}")
+    if state == "Failed":
+        raise typer.Exit(1)
+
+
+eval_app = typer.Typer(no_args_is_help=False, help="Greedy accuracy of a model (and adapter) on a question file.")
+
+
+@eval_app.callback(invoke_without_command=True)
+def evaluate_model(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option(help="Base model: a Hugging Face directory or 'smollm2-135m'.")] = None,
+    adapter: Annotated[Path | None, typer.Option(help="A PEFT adapter directory trained from --model.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Questions (GSM8K / MATH / lema JSONL).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N questions.", min=1)] = None,
+    output: Annotated[Path, typer.Option(help="Per-item results (JSONL).")] = Path("runs/eval/results.jsonl"),
+    baseline: Annotated[Path | None, typer.Option(help="Results of an earlier run to compare against.")] = None,
+    backend: Annotated[str, typer.Option(help="LLM backend: transformers, vllm or openai.")] = "transformers",
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    max_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    device: str = "cpu",
+) -> None:
+    """Evaluate: `lema eval --model M [--adapter A] --data FILE`; compare runs: `lema eval compare A B`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if model is None or data is None:
+        raise typer.BadParameter("lema eval needs --model and --data (or a sub-command: compare)")
+    from lema.config import LLMSettings
+    from lema.inputs import load_questions
+    from lema.llm.factory import create_backend
+    from lema.training.evaluate import accuracy, compare, evaluate, merged_model_dir, read_results, write_results
+
+    served = str(merged_model_dir(model, adapter, None)) if adapter is not None else model
+    settings = LLMSettings.model_validate(
+        {"backend": backend, "model": served, "batch_size": batch_size, "device": device}
+    )
+    questions = load_questions(data, limit=limit)
+    llm = create_backend(settings)
+    try:
+        results = evaluate(llm, questions, max_tokens)
+    finally:
+        llm.close()
+    write_results(output, results)
+    typer.echo(f"{model}{f' + {adapter}' if adapter else ''} on {data}: {accuracy(results)}")
+    typer.echo(f"per-item results: {output}")
+    if baseline is not None:
+        typer.echo(f"vs {baseline}: {compare(read_results(baseline), results)}")
+
+
+@eval_app.command("compare")
+def compare_runs(
+    baseline: Annotated[Path, typer.Argument(help="Per-item results of the baseline run.")],
+    candidate: Annotated[Path, typer.Argument(help="Per-item results of the run to compare.")],
+) -> None:
+    """Accuracy of each run and their paired difference on the questions both answered."""
+    from lema.training.evaluate import accuracy, compare, read_results
+
+    before, after = read_results(baseline), read_results(candidate)
+    typer.echo(f"{baseline}: {accuracy(before)}")
+    typer.echo(f"{candidate}: {accuracy(after)}")
+    typer.echo(compare(before, after))
