@@ -1,0 +1,125 @@
+"""`lema check`: check a JSONL file of responses against gold answers.
+
+Input lines are `{"response": str, "gold": str, "choices": [str, ...]}` (choices for mcq only); output lines are
+`{"correct": bool, "predicted": str | null, "reason": str}` in input order. The whole input is validated before
+anything is checked, so a malformed line stops the command before any output is written (exit code 2), unless
+`--skip-bad` turns it into a `"reason": "bad_input"` line with an `"error"` naming the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal, TextIO
+
+import typer
+
+from lema.checker import Checker, CheckItem
+from lema.config import LemaSettings, load_settings
+from lema.records import Task
+
+_BATCH = 256  # items handed to check_batch at once: output appears as it is decided
+
+
+class BadLine(ValueError):
+    """An input line that is not a valid check request; the message names the file, line and field."""
+
+
+def check_command(
+    task: Annotated[Literal["gsm8k", "math", "mcq"], typer.Option("--task", help="Answer format.")],
+    input_path: Annotated[
+        Path,
+        typer.Option("--input", "-i", exists=True, dir_okay=False, help='JSONL: {"response", "gold", "choices"?}.'),
+    ],
+    output_path: Annotated[
+        Path | None, typer.Option("--output", "-o", dir_okay=False, help="Result JSONL; stdout when omitted.")
+    ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Report malformed lines in the output instead of stopping.")
+    ] = False,
+    patterns: Annotated[
+        list[str] | None,
+        typer.Option("--pattern", help="Extra answer regex, first group = the answer (repeatable)."),
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a setting: --set checker.timeout_s=2.")
+    ] = None,
+) -> None:
+    """Check responses against gold answers (GSM8K numbers, MATH LaTeX, multiple choice)."""
+    try:
+        settings = load_settings(config, overrides or [], LemaSettings)
+        requests = list(read_requests(input_path, task))
+        if not skip_bad:
+            bad = next((request for request in requests if isinstance(request, BadLine)), None)
+            if bad is not None:
+                raise bad
+        checker = Checker(settings.checker, patterns=patterns or ())
+    except ValueError as exc:  # a bad setting, input line or answer pattern
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    with checker, _output(output_path) as output:
+        for start in range(0, len(requests), _BATCH):
+            chunk = requests[start : start + _BATCH]
+            items = [request for request in chunk if isinstance(request, CheckItem)]
+            results = iter(checker.check_batch(items))
+            for request in chunk:
+                if isinstance(request, BadLine):
+                    line: dict[str, Any] = {"correct": False, "predicted": None, "reason": "bad_input"}
+                    line["error"] = str(request)
+                else:
+                    result = next(results)
+                    line = {"correct": result.correct, "predicted": result.predicted, "reason": result.reason}
+                output.write(json.dumps(line, ensure_ascii=False) + "\n")
+            output.flush()
+
+
+def read_requests(path: Path, task: Task) -> Iterator[CheckItem | BadLine]:
+    """Each non-blank line as a `CheckItem`, or as a `BadLine` saying what is wrong with it."""
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, text in enumerate(lines, start=1):
+            if not text.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                fields = _fields(text, task, where)
+            except BadLine as exc:
+                yield exc
+                continue
+            yield CheckItem(fields["response"], fields["gold"], task, fields["choices"])
+
+
+def _fields(text: str, task: Task, where: str) -> dict[str, Any]:
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadLine(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(row, dict):
+        raise BadLine(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for name in ("response", "gold"):
+        if name not in row:
+            raise BadLine(f"{where}: missing field {name!r}")
+        value = row[name]
+        if isinstance(value, int | float) and not isinstance(value, bool) and name == "gold":
+            row[name] = str(value)  # a numeric gold such as 18 is clear enough
+        elif not isinstance(value, str):
+            raise BadLine(f"{where}: field {name!r}: expected a string, got {type(value).__name__}")
+    choices = row.get("choices", [])
+    if not isinstance(choices, list) or not all(isinstance(choice, str) for choice in choices):
+        raise BadLine(f"{where}: field 'choices': expected a list of strings")
+    if choices and task != "mcq":
+        raise BadLine(f"{where}: field 'choices' is only for --task mcq (this is --task {task})")
+    return {"response": row["response"], "gold": row["gold"], "choices": tuple(choices)}
+
+
+@contextmanager
+def _output(path: Path | None) -> Iterator[TextIO]:
+    """The output file, or stdout (which is left open)."""
+    if path is None:
+        yield sys.stdout
+        return
+    with path.open("w", encoding="utf-8") as output:
+        yield output

@@ -1,0 +1,111 @@
+"""Plain numbers without sympy: the fast path for every GSM8K answer and for MATH answers that are just numbers.
+
+Values are exact `Fraction`s, so no float rounding ever decides a verdict ('1/3' is not '0.333'), and a percent sign
+is kept apart from the number so that the percent policy, not the parser, decides whether '50%' equals '50'.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
+
+PercentPolicy = Literal["strict", "lenient"]
+
+# An unsigned decimal: '1,234.50' (thousands separators only in groups of three), '016', '.5'.
+_UNSIGNED = r"(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)"
+_PERCENT = r"(?:\s?(?:%|\s?percent\b))"
+
+# A number inside running text: a sign and a currency sign in either order, an optional '/denominator', an optional
+# percent. It never starts inside a word or another number, so 'x2' or the '5' of '3.5' are not numbers.
+_NUMBER_IN_TEXT = re.compile(
+    rf"(?<![\w.,/])(?:[-−]?\\?\$\s?[-−]?|[-−])?{_UNSIGNED}(?:/{_UNSIGNED})?(?![\d/])(?:{_PERCENT})?",
+    re.IGNORECASE,
+)
+
+# A whole answer that is exactly one number, after `_simplify` removed the LaTeX around it.
+_WHOLE_NUMBER = re.compile(
+    rf"(?P<sign>[-+]?)(?:\\frac\{{(?P<top>-?{_UNSIGNED})\}}\{{(?P<bottom>-?{_UNSIGNED})\}}|\\frac(?P<top1>\d)(?P<bottom1>\d)"
+    rf"|(?P<numerator>{_UNSIGNED})(?:/(?P<denominator>{_UNSIGNED}))?)(?P<percent>%|percent)?",
+    re.IGNORECASE,
+)
+
+_LATEX_NOISE = re.compile(r"\\[,!;: ]|\\left|\\right|\\displaystyle|~|\s+")
+_UNIT_SUFFIX = re.compile(r"(?<=[\d}.%])\\(?:text|mbox|mathrm)\{[A-Za-z .]*\}$")
+_DEGREES = re.compile(r"\^\{?\\circ\}?|°|\\degree")
+_VARIABLE_PREFIX = re.compile(r"^[A-Za-z]=")
+_WRAPPER = re.compile(r"^(?:\\(?:text|mathrm|mbox|textbf|mathbf)\{(?P<text>[^{}]*)\}|\{(?P<group>[^{}]*)\})$")
+
+
+@dataclass(frozen=True)
+class Number:
+    """A number as written: `magnitude` is 50 for '50%', and `percent` records the sign."""
+
+    magnitude: Fraction
+    percent: bool = False
+
+    @property
+    def value(self) -> Fraction:
+        return self.magnitude / 100 if self.percent else self.magnitude
+
+
+def find_number(text: str) -> str | None:
+    """The number a short answer phrase states: '$1,234.50 in total' -> '$1,234.50', 'x = 5' -> '5'.
+
+    After an '=' the result is what counts ('3 + 2 = 5 apples' -> '5'); otherwise the first number does
+    ('1/2 of the cake' -> '1/2', '18 dollars, 2 more than before' -> '18').
+    """
+    tail = text.rsplit("=", 1)[-1]
+    match = _NUMBER_IN_TEXT.search(tail) or _NUMBER_IN_TEXT.search(text)
+    return match.group(0).strip() if match else None
+
+
+def parse_number(text: str) -> Number | None:
+    """`text` as one exact number, or None when it is anything else (an expression, a list, words, too long).
+
+    Accepts signs, '$' and '\\$', thousands separators ('1,234', '10{,}000'), leading zeros, decimals, 'a/b',
+    '\\frac{a}{b}', a percent sign ('%', '\\%', 'percent'), a 'x =' prefix, degrees and a unit in '\\text{}'.
+    """
+    simplified = _simplify(text)
+    match = _WHOLE_NUMBER.fullmatch(simplified)
+    if match is None:
+        return None
+    top = match["top"] or match["top1"] or match["numerator"]
+    bottom = match["bottom"] or match["bottom1"] or match["denominator"] or "1"
+    try:
+        numerator, denominator = Fraction(top.replace(",", "")), Fraction(bottom.replace(",", ""))
+    except ValueError:  # more digits than int() accepts: not a number this path can hold
+        return None
+    if denominator == 0:
+        return None
+    magnitude = numerator / denominator
+    return Number(-magnitude if match["sign"] == "-" else magnitude, percent=match["percent"] is not None)
+
+
+def numbers_equal(gold: Number, predicted: Number, policy: PercentPolicy) -> bool:
+    """Exact equality; under the lenient policy a percent sign may also be ignored ('50%' == '50')."""
+    if gold.value == predicted.value:
+        return True
+    return policy == "lenient" and gold.magnitude == predicted.magnitude
+
+
+def number_key(number: Number, policy: PercentPolicy) -> str:
+    """A grouping key: equal numbers get the same key ('18', '18.0' and '$18' -> '18'; '50%' -> '1/2' if strict)."""
+    value = number.magnitude if policy == "lenient" else number.value
+    return str(value)
+
+
+def _simplify(text: str) -> str:
+    """Strip the LaTeX and prose that can surround a number, leaving e.g. '-$1,234.5%' as '-1,234.5%'."""
+    text = text.strip().replace("−", "-").replace("{,}", ",").replace("\\%", "%")
+    text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    text = _LATEX_NOISE.sub("", text)
+    text = text.strip("$").removeprefix("\\$").rstrip(".")
+    text = _DEGREES.sub("", _UNIT_SUFFIX.sub("", text))
+    text = _VARIABLE_PREFIX.sub("", text)
+    wrapped = _WRAPPER.fullmatch(text)
+    if wrapped:
+        text = wrapped["text"] if wrapped["text"] is not None else wrapped["group"]
+    sign = text[0] if text[:1] in ("-", "+") else ""
+    return sign + text[len(sign) :].removeprefix("\\$").removeprefix("$")

@@ -1,0 +1,94 @@
+"""The worker pool: called from many threads at once, timeouts off the main thread, dead workers, closing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from checker_testing import warm
+
+from lema.checker import Checker, CheckItem
+from lema.config import CheckerSettings
+from lema.records import Task
+
+PAIRS: list[tuple[str, str, Task, bool]] = [
+    ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{1}{\\sqrt{2}}", "math", True),
+    ("\\boxed{x^2-1}", "(x-1)(x+1)", "math", True),
+    ("\\boxed{\\{1,2\\}}", "\\{2,1\\}", "math", True),
+    ("\\boxed{\\sqrt{2}}", "\\sqrt{3}", "math", False),
+    ("The answer is 18.", "18", "gsm8k", True),
+    ("The answer is 19.", "18", "gsm8k", False),
+    ("The answer is (B).", "B", "mcq", True),
+    ("\\boxed{2A+B}", "A", "mcq", False),
+]
+
+
+def test_many_threads_share_one_checker(checker: Checker) -> None:
+    jobs = PAIRS * 3
+    with ThreadPoolExecutor(max_workers=8) as threads:
+        results = list(threads.map(lambda job: checker.check(job[0], job[1], job[2]), jobs))
+    assert [r.correct for r in results] == [job[3] for job in jobs]
+
+
+def test_concurrent_batches_keep_their_own_order(checker: Checker) -> None:
+    batches = [[CheckItem(pair[0], pair[1], pair[2]) for pair in PAIRS[i:] + PAIRS[:i]] for i in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as threads:
+        results = list(threads.map(checker.check_batch, batches))
+    for batch, batch_results in zip(batches, results, strict=True):
+        expected = {(p[0], p[1]): p[3] for p in PAIRS}
+        assert [r.correct for r in batch_results] == [expected[(i.response, i.gold)] for i in batch]
+
+
+def test_a_timeout_works_off_the_main_thread(quick_checker: Checker) -> None:
+    warm(quick_checker)
+    outcome: list[str] = []
+    off_main = threading.Thread(
+        target=lambda: outcome.append(quick_checker.check("\\boxed{(x+1)^{2000}}", "(x+2)^{2000}", "math").reason)
+    )
+    off_main.start()
+    off_main.join(timeout=60)
+    assert outcome == ["timeout"]
+    assert quick_checker.check("\\boxed{x+1}", "1+x", "math").correct  # a replacement worker serves
+
+
+def test_a_worker_that_dies_mid_check_gives_checker_error(quick_checker: Checker) -> None:
+    warm(quick_checker)
+    outcome: list[str] = []
+    checking = threading.Thread(
+        target=lambda: outcome.append(quick_checker.check("\\boxed{(x+1)^{2000}}", "(x+2)^{2000}", "math").reason)
+    )
+    checking.start()
+    while checking.is_alive():  # kill whatever worker the check is waiting on, until the check gives up
+        for worker in list(quick_checker._pool._workers):
+            os.kill(worker._process.pid, signal.SIGKILL)
+        checking.join(timeout=0.05)
+    assert outcome == ["checker_error"]
+
+
+def test_workers_that_died_idle_are_replaced_before_use(quick_checker: Checker) -> None:
+    warm(quick_checker)
+    for worker in list(quick_checker._pool._workers):
+        os.kill(worker._process.pid, signal.SIGKILL)
+        worker._process.wait()
+    warm(quick_checker)
+
+
+def test_close_stops_the_workers_and_refuses_new_symbolic_checks() -> None:
+    checker = Checker(CheckerSettings(workers=1))
+    assert checker.check("\\boxed{x+1}", "1+x", "math").correct
+    processes = [worker._process for worker in checker._pool._workers]
+    assert len(processes) == 1
+    checker.close()
+    assert all(process.poll() is not None for process in processes)
+    with pytest.raises(RuntimeError, match="closed"):
+        checker.check("\\boxed{x+1}", "1+x", "math")
+    assert checker.check("The answer is 5.", "5", "gsm8k").correct  # the fast path needs no worker
+
+
+def test_numbers_never_start_a_worker() -> None:
+    with Checker(CheckerSettings()) as checker:
+        checker.check_batch([CheckItem(p[0], p[1], p[2]) for p in PAIRS if p[2] != "math"])
+        assert not checker._pool._workers
