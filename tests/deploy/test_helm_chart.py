@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -14,6 +15,7 @@ from deploy_testing import (
     CHART_DIR,
     KUBERNETES_VERSION,
     NAMESPACE,
+    REPO,
     VALUES_CASES,
     Manifest,
     all_problems,
@@ -273,24 +275,30 @@ def test_vllm_server_is_the_openai_llm_in_the_config(manifests: list[Manifest], 
     assert f"--served-model-name={llm['model']}" in args
 
 
-def test_keda_scales_each_service_on_the_lag_of_its_own_topics(
+def test_each_autoscaled_service_has_one_autoscaler_and_no_fixed_replicas(
     manifests: list[Manifest], values: dict[str, Any]
 ) -> None:
-    scaled = {m.name: m for m in of_kind(manifests, "ScaledObject")}
-    hpas = {m.name for m in of_kind(manifests, "HorizontalPodAutoscaler")}
     deployments = service_deployments(manifests)
-    autoscaled = {s: d.name for s, d in deployments.items() if values["services"][s]["autoscaling"]["enabled"]}
-    assert set(scaled if values["keda"]["enabled"] else hpas) == set(autoscaled.values())
-    assert not (hpas if values["keda"]["enabled"] else scaled)
+    autoscaled = {d.name for s, d in deployments.items() if values["services"][s]["autoscaling"]["enabled"]}
+    scaler_kind = "ScaledObject" if values["keda"]["enabled"] else "HorizontalPodAutoscaler"
+    scalers = [m for m in manifests if m.kind in ("ScaledObject", "HorizontalPodAutoscaler")]
+    assert {m.kind for m in scalers} <= {scaler_kind}
+    assert sorted(m.body["spec"]["scaleTargetRef"]["name"] for m in scalers) == sorted(autoscaled)
+    for deployment in deployments.values():
+        has_replicas = "replicas" in deployment.body["spec"]
+        assert has_replicas != (deployment.name in autoscaled), f"{deployment.where}: replicas vs autoscaler"
+
+
+def test_keda_scales_each_service_on_the_lag_of_its_own_topics(manifests: list[Manifest]) -> None:
     bus = config_file(manifests, "lema-config", "config.yaml")["bus"]
-    for service, name in autoscaled.items() if values["keda"]["enabled"] else ():
-        triggers = scaled[name].body["spec"]["triggers"]
+    for scaled in of_kind(manifests, "ScaledObject"):
+        service = scaled.body["metadata"]["labels"]["app.kubernetes.io/component"]
+        triggers = scaled.body["spec"]["triggers"]
         assert {t["metadata"]["topic"] for t in triggers} == {bus["topic_prefix"] + t for t in INPUT_TOPICS[service]}
         for trigger in triggers:
-            assert trigger["type"] == "kafka"
-            assert trigger["metadata"]["consumerGroup"] == bus["group_prefix"] + service
-            assert trigger["metadata"]["bootstrapServers"] == bus["bootstrap_servers"]
-        assert "replicas" not in deployments[service].body["spec"], f"{name}: replicas would fight the autoscaler"
+            assert trigger["type"] == "kafka", scaled.where
+            assert trigger["metadata"]["consumerGroup"] == bus["group_prefix"] + service, scaled.where
+            assert trigger["metadata"]["bootstrapServers"] == bus["bootstrap_servers"], scaled.where
 
 
 def test_dashboard_charts_the_metrics_lema_exports() -> None:
@@ -304,28 +312,33 @@ def test_dashboard_charts_the_metrics_lema_exports() -> None:
         for target in panel["targets"]
         for name in re.findall(r"\blema_[a-z_]+", target["expr"])
     }
-    exported = exported_sample_names()
-    assert queried <= exported, f"the dashboard queries metrics lema does not export: {sorted(queried - exported)}"
+    exported = exported_series()
+    assert queried <= exported, f"the dashboard queries metrics lema does not define: {sorted(queried - exported)}"
     titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
     for subject in ("per stage", "lag", "dead letters", "yield", "grpc latency", "training loss"):
         assert subject in titles
 
 
-SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "summary": ("_count", "_sum")}
+# The series each prometheus_client metric type exposes (a Counter named x or x_total exposes x_total).
+SERIES_SUFFIXES = {
+    "Counter": ("_total",),
+    "Gauge": ("",),
+    "Histogram": ("_bucket", "_count", "_sum"),
+    "Summary": ("_count", "_sum"),
+}
 
 
-def exported_sample_names() -> set[str]:
-    """The series names the services and the trainer expose, from their metric families' names and types."""
-    from prometheus_client import REGISTRY
-
-    from lema.runtime import metrics
-    from lema.training.config import MetricsSettings
-    from lema.training.metrics import TrainingMetrics
-
-    collectors = [REGISTRY, metrics.LLMUsageCollector(dict), TrainingMetrics(MetricsSettings(), "test").registry]
-    return {
-        family.name + suffix
-        for collector in collectors
-        for family in collector.collect()
-        for suffix in SAMPLE_SUFFIXES.get(family.type, ("",))
-    }
+def exported_series() -> set[str]:
+    """Every series the lema package defines, read from its metric constructors (Counter("name", ...), and the
+    *MetricFamily of custom collectors), so the check needs neither torch nor a running service."""
+    series = set()
+    for module in (REPO / "services" / "lema").rglob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text(), str(module))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args):
+                continue
+            metric_type = node.func.id.removesuffix("MetricFamily")
+            name = node.args[0].value if isinstance(node.args[0], ast.Constant) else None
+            if metric_type in SERIES_SUFFIXES and isinstance(name, str):
+                base = name.removesuffix("_total") if metric_type == "Counter" else name
+                series |= {base + suffix for suffix in SERIES_SUFFIXES[metric_type]}
+    return series

@@ -32,6 +32,12 @@ containers:
       - /etc/lema/train.yaml
     env:
       {{- include "lema.secretEnv" . | nindent 6 }}
+    {{- with dig "metrics" "port" nil $training.config }}
+    ports:
+      - name: metrics
+        containerPort: {{ . }}
+        protocol: TCP
+    {{- end }}
     {{- /* Extended resources such as GPUs cannot be overcommitted: requests equal limits. */}}
     resources:
       requests:
