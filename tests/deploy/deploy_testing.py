@@ -26,6 +26,7 @@ from referencing import Registry, Resource
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "helm" / "lema"
 K8S_DIR = REPO / "k8s"
+PROMPT_TEMPLATES = REPO / "services" / "lema" / "prompts" / "templates"
 KUBERNETES_VERSION = "1.30.0"
 # kubernetes-validate's strict schemas (additionalProperties: false) for that version.
 KUBERNETES_SCHEMAS = files("kubernetes_validate").joinpath(f"kubernetes-json-schema/v{KUBERNETES_VERSION}-local-strict")
@@ -72,9 +73,8 @@ VALUES_CASES: dict[str, dict[str, Any]] = {
             "llmApiKeys": [{"env": "OPENAI_API_KEY", "secretName": "lema-llm", "key": "openai-api-key"}],
             "grpcToken": {"secretName": "lema-grpc", "key": "token"},
         },
-        "prompts": {
-            "templates": {"correct-gsm8k.yaml": "name: correct\nversion: 9\nsystem: s\nuser: '{{question}}'\n"}
-        },
+        # A whole template set, as run.prompts_dir replaces the packaged one.
+        "prompts": {"templates": {path.name: path.read_text() for path in sorted(PROMPT_TEMPLATES.glob("*.yaml"))}},
     },
     "gpu-cluster-example": yaml.safe_load((REPO / "helm" / "examples" / "gpu-cluster.yaml").read_text()),
 }

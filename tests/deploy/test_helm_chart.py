@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from deploy_testing import (
 )
 
 from lema.config import load_settings
+from lema.prompts import load_prompt
+from lema.runtime.settings import ServiceSettings
 from lema.training.config import load_train_settings
 
 SERVICES = ("sampler", "checker", "corrector", "evolver", "dataset-writer")
@@ -242,7 +245,7 @@ def test_rendered_config_files_load_with_lemas_own_settings(
 ) -> None:
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config_file(manifests, "lema-config", "config.yaml")))
-    settings = load_settings(config_path)
+    settings = load_settings(config_path, settings_cls=ServiceSettings)
     assert settings.bus.kind == "kafka" and settings.store.kind == "minio"
     if values["kafka"]["enabled"]:
         assert settings.bus.bootstrap_servers == "lema-kafka:9092"
@@ -251,13 +254,45 @@ def test_rendered_config_files_load_with_lemas_own_settings(
     if values["minio"]["enabled"]:
         assert (settings.store.endpoint, settings.store.secure) == ("lema-minio:9000", False)
     else:
-        assert (settings.store.endpoint, settings.store.secure) == (
-            values["externalMinio"]["endpoint"], values["externalMinio"]["secure"],
-        )  # fmt: skip
+        external = values["externalMinio"]
+        assert (settings.store.endpoint, settings.store.secure) == (external["endpoint"], external["secure"])
+    assert (settings.server.grpc_port, settings.server.metrics_port) == (
+        values["ports"]["grpc"],
+        values["ports"]["metrics"],
+    )
+    assert settings.server.auth == ("token" if values["secrets"]["grpcToken"]["secretName"] else "none")
     if values["training"]["enabled"]:
         train_path = tmp_path / "train.yaml"
         train_path.write_text(yaml.safe_dump(config_file(manifests, "lema-train-config", "train.yaml")))
         assert load_train_settings(train_path).store == settings.store
+
+
+def test_prompt_overrides_are_mounted_where_lema_reads_them(
+    manifests: list[Manifest], values: dict[str, Any], tmp_path: Path
+) -> None:
+    prompts_dir = config_file(manifests, "lema-config", "config.yaml").get("run", {}).get("prompts_dir")
+    prompt_maps = [m for m in of_kind(manifests, "ConfigMap") if m.name == "lema-prompts"]
+    if not values["prompts"]["templates"]:
+        assert prompts_dir is None and not prompt_maps
+        return
+    assert prompts_dir == values["prompts"]["mountPath"]
+    for file_name, text in prompt_maps[0].body["data"].items():
+        (tmp_path / file_name).write_text(text)
+    for kind, task in [
+        ("sample", "gsm8k"),
+        ("sample", "math"),
+        ("correct", "gsm8k"),
+        ("correct", "mcq"),
+        ("evolve", None),
+    ]:
+        mounted, packaged = load_prompt(kind, task, tmp_path), load_prompt(kind, task)
+        assert replace(mounted, source="") == replace(packaged, source="")
+    for manifest in service_deployments(manifests).values():
+        template = manifest.body["spec"]["template"]
+        (container,) = template["spec"]["containers"]
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        assert volumes[mounts[prompts_dir]]["configMap"]["name"] == "lema-prompts", manifest.where
 
 
 def test_vllm_server_is_the_openai_llm_in_the_config(manifests: list[Manifest], values: dict[str, Any]) -> None:

@@ -76,12 +76,23 @@ endpoint: {{ include "lema.minioEndpoint" . }}
 secure: {{ and (not .Values.minio.enabled) .Values.externalMinio.secure }}
 {{- end -}}
 
-{{/* The lema config file: .Values.config with the bus, the store and the vLLM LLM filled in from the chart's values. */}}
+{{/* The lema service config file: .Values.config with what the chart decides filled in: the bus, the store, where
+the server listens (the ports the probes and Services use), token auth when a token Secret is named, the prompt
+override directory, and the vLLM server's LLM. */}}
 {{- define "lema.config" -}}
 {{- $config := deepCopy .Values.config -}}
 {{- $bus := dict "kind" "kafka" "bootstrap_servers" (include "lema.kafkaBootstrapServers" .) -}}
 {{- $_ := set $config "bus" (merge $bus (default dict $config.bus)) -}}
 {{- $_ = set $config "store" (merge (include "lema.storeSettings" . | fromYaml) (default dict $config.store)) -}}
+{{- $server := dict "grpc_port" .Values.ports.grpc "metrics_port" .Values.ports.metrics -}}
+{{- if .Values.secrets.grpcToken.secretName -}}
+{{- $_ = set $server "auth" "token" -}}
+{{- $_ = set $server "token_env" "LEMA_GRPC_TOKEN" -}}
+{{- end -}}
+{{- $_ = set $config "server" (merge $server (default dict $config.server)) -}}
+{{- if .Values.prompts.templates -}}
+{{- $_ = set $config "run" (merge (dict "prompts_dir" .Values.prompts.mountPath) (default dict $config.run)) -}}
+{{- end -}}
 {{- if .Values.vllm.enabled -}}
 {{- $llms := default dict $config.llms -}}
 {{- $vllm := dict "backend" "openai" "model" (default .Values.vllm.model .Values.vllm.servedModelName) "base_url" (include "lema.vllmBaseUrl" .) -}}
