@@ -76,8 +76,12 @@ def test_a_pytorchjob_without_the_pytorch_container_is_caught(tmp_path: Path) ->
             {"secrets": {"llmApiKeys": [{"env": "OPENAI_API_KEY", "secretName": "s", "key": "k", "value": "sk-123"}]}},
             "at '/secrets/llmApiKeys/0': additional properties 'value' not allowed",
         ),
+        (
+            {"kafka": {"persistance": {"enabled": True}}},
+            "kafka:\n- at '': additional properties 'persistance' not allowed",
+        ),
     ],
-    ids=["wrong-type", "misspelt-key", "unknown-service", "out-of-range", "bad-enum", "literal-secret"],
+    ids=["wrong-type", "misspelt-key", "unknown-service", "out-of-range", "bad-enum", "literal-secret", "subchart"],
 )
 def test_bad_values_are_refused_naming_the_value(values: dict[str, Any], expected: str) -> None:
     with pytest.raises(helm_python.HelmValuesError) as refused:
