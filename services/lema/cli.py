@@ -58,6 +58,11 @@ from lema.training.cli import eval_app, train_app  # noqa: E402
 
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+from lema.runtime.commands import serve_command, submit_command, up_command  # noqa: E402
+
+app.command("serve")(serve_command)
+app.command("up")(up_command)
+app.command("submit")(submit_command)
 
 
 def main() -> None:

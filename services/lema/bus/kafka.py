@@ -1,0 +1,170 @@
+"""The Kafka bus (kafka-python): an idempotent producer, a consumer-group member, and topic creation.
+
+Topic names get `bus.topic_prefix`; consumer groups are `bus.group_prefix + <service>`. Messages are keyed by the
+deterministic record id and carry a `lema.v1.Envelope` (see `lema.runtime.wire`), so a redelivered or re-produced
+message is the same message and every consumer can treat a repeated key as a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TypeVar
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from lema.bus.base import Message
+from lema.config import BusSettings
+from lema.runtime.wire import encode
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+T = TypeVar("T")
+
+
+class BusError(RuntimeError):
+    """The broker did not accept a message (after the producer's own retries) or could not be reached."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One consumed message, with where it came from (for offsets and dead letters)."""
+
+    topic: str
+    """The topic name without the prefix, e.g. 'paths'."""
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """A message produced as bytes: dead letters keep the original key and value untouched."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+
+def ensure_topics(settings: BusSettings, names: Iterable[str], partitions: int, replication_factor: int) -> None:
+    """Create the (prefixed) topics that do not exist yet; existing ones are left as they are."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="lema-admin")
+    try:
+        existing = set(admin.list_topics())
+        missing = [settings.topic_prefix + n for n in names if settings.topic_prefix + n not in existing]
+        if missing:
+            try:
+                spec = {"num_partitions": partitions, "replication_factor": replication_factor}
+                admin.create_topics({name: spec for name in missing})
+                log.info("created topics %s", ", ".join(missing))
+            except TopicAlreadyExistsError:
+                pass  # another replica created them first
+    finally:
+        admin.close()
+
+
+class KafkaBus:
+    """Produces records (and dead letters); `publish` returns only when the broker has acknowledged every message."""
+
+    def __init__(self, settings: BusSettings, client_id: str) -> None:
+        self.prefix = settings.topic_prefix
+        self._producer = KafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=client_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_in_flight_requests_per_connection=5,
+        )
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        self.publish_raw([RawMessage(m.topic, m.key.encode(), encode(m.record), []) for m in messages])
+
+    def publish_raw(self, messages: Sequence[RawMessage]) -> None:
+        futures = [
+            self._producer.send(self.prefix + m.topic, value=m.value, key=m.key, headers=m.headers) for m in messages
+        ]
+        self._producer.flush()
+        try:
+            for future in futures:
+                future.get()  # raises the delivery error, if any
+        except KafkaError as exc:
+            raise BusError(f"kafka: a message was not acknowledged: {exc}") from exc
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+class KafkaInbox:
+    """A consumer-group member with manual commits: offsets advance only when `commit` is called."""
+
+    def __init__(self, settings: BusSettings, group: str, topics: Sequence[str], client_id: str) -> None:
+        self.prefix = settings.topic_prefix
+        self.group = group
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=group,
+            client_id=client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.batch_size,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=max(100, settings.session_timeout_ms // 3),
+        )
+        self._consumer.subscribe([self.prefix + t for t in topics])
+
+    def poll(self, timeout_s: float) -> list[Delivery]:
+        polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+        return [
+            Delivery(tp.topic[len(self.prefix) :], tp.partition, r.offset, r.key, r.value)
+            for tp, records in polled.items()
+            for r in records
+        ]
+
+    def commit(self, deliveries: Sequence[Delivery]) -> None:
+        """Commit past the highest offset delivered on each partition."""
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for d in deliveries:
+            tp = TopicPartition(self.prefix + d.topic, d.partition)
+            if tp not in offsets or offsets[tp].offset <= d.offset:
+                offsets[tp] = OffsetAndMetadata(d.offset + 1, "", -1)
+        if offsets:
+            self._consumer.commit(offsets)
+
+    def wait_paused(self, future: Future[T]) -> T:
+        """Stay in the group while `future` (a batch being processed) runs, however long it takes.
+
+        Kafka evicts a member that does not poll within `max_poll_interval_ms`; polling with every partition paused
+        keeps it alive without fetching. Partitions assigned by a rebalance meanwhile are rewound and paused too.
+        """
+        self._consumer.pause(*self._consumer.assignment())
+        while not future.done():
+            for tp, records in self._consumer.poll(timeout_ms=100).items():
+                self._consumer.seek(tp, records[0].offset)
+                self._consumer.pause(tp)
+        self._consumer.resume(*self._consumer.paused())
+        return future.result()
+
+    def lag(self) -> dict[str, int]:
+        """Messages behind the end of each assigned topic (summed over its partitions), by unprefixed topic.
+
+        Uses the high watermark of the latest fetch (no extra request); partitions not fetched yet count as 0.
+        """
+        lag: dict[str, int] = {}
+        for tp in self._consumer.assignment():
+            topic = tp.topic[len(self.prefix) :]
+            highwater = self._consumer.highwater(tp)
+            behind = 0 if highwater is None else max(0, highwater - self._consumer.position(tp))
+            lag[topic] = lag.get(topic, 0) + behind
+        return lag
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)

@@ -1,0 +1,101 @@
+"""Following a run on the platform from outside: what has flowed through each topic, and when the flow has settled.
+
+A consumer outside every group tails all topics and counts distinct records per topic. The flow has *settled* when
+every service's consumer group has committed everything on its input topics and the dataset writer's manifest
+counts the same distinct records the topics hold, twice in a row with nothing new in between. `lema submit --follow`
+and the platform tests wait on it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from lema.bus.base import Topics
+from lema.config import BusSettings
+from lema.pipeline import CheckerWorker, CorrectorWorker, DatasetWriterWorker, EvolverWorker, SamplerWorker
+from lema.runtime.wire import WireError, decode
+from lema.store.base import ArtifactStore
+
+SERVICE_INPUTS: Mapping[str, Sequence[str]] = {
+    worker.name: list(worker.inputs)
+    for worker in (SamplerWorker, CheckerWorker, CorrectorWorker, EvolverWorker, DatasetWriterWorker)
+}
+"""The topics each service's consumer group reads."""
+
+
+class FlowTracker:
+    def __init__(self, settings: BusSettings, store: ArtifactStore, run: str) -> None:
+        self.settings, self.store, self.run = settings, store, run
+        self.groups = {settings.group_prefix + name: topics for name, topics in SERVICE_INPUTS.items()}
+        self.records: dict[str, set[str]] = {topic: set() for topic in Topics.ALL}
+        self._admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="lema-progress")
+        self._consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+        self._partitions = [
+            TopicPartition(settings.topic_prefix + topic, partition)
+            for topic in Topics.ALL
+            for partition in sorted(self._consumer.partitions_for_topic(settings.topic_prefix + topic) or ())
+        ]
+        self._consumer.assign(self._partitions)
+        self._consumer.seek_to_beginning(*self._partitions)
+        self._last_ends: dict[TopicPartition, int] | None = None
+
+    def update(self, timeout_s: float = 0.2) -> None:
+        """Read everything new on every topic; only records that decode are counted."""
+        while polled := self._consumer.poll(timeout_ms=int(timeout_s * 1000)):
+            for tp, messages in polled.items():
+                topic = tp.topic[len(self.settings.topic_prefix) :]
+                for message in messages:
+                    try:
+                        self.records[topic].add(decode(message.value).key)
+                    except WireError:
+                        continue  # the worker dead-letters it; it never reaches the dataset
+
+    def counts(self) -> dict[str, int]:
+        return {topic: len(keys) for topic, keys in self.records.items()}
+
+    def manifest(self) -> dict[str, Any] | None:
+        try:
+            manifest: dict[str, Any] = json.loads(self.store.get_bytes(f"{self.run}/manifest.json"))
+        except KeyError:
+            return None
+        return manifest
+
+    def settled(self) -> bool:
+        self.update()
+        ends = {tp: self._consumer.position(tp) for tp in self._partitions}
+        steady, self._last_ends = ends == self._last_ends, ends
+        committed = self._admin.list_group_offsets({group: None for group in self.groups})
+        for group, topics in self.groups.items():
+            offsets = committed.get(group, {})
+            for tp in self._partitions:
+                if tp.topic[len(self.settings.topic_prefix) :] in topics:
+                    done = offsets.get(tp)
+                    if (done.offset if done is not None else 0) < ends[tp]:
+                        return False
+        manifest = self.manifest()
+        if manifest is None:
+            return False
+        written = manifest["records"]
+        return steady and all(written[topic] == len(self.records[topic]) for topic in written)
+
+    def wait(self, timeout_s: float, on_progress: Callable[[dict[str, int]], None] | None = None) -> dict[str, Any]:
+        """Block until the flow has settled; returns the final manifest. Raises `TimeoutError` naming the counts."""
+        deadline = time.monotonic() + timeout_s
+        while not self.settled():
+            if on_progress is not None:
+                on_progress(self.counts())
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the flow did not settle within {timeout_s:.0f}s; records so far: {self.counts()}")
+            time.sleep(0.5)
+        manifest = self.manifest()
+        assert manifest is not None
+        return manifest
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._admin.close()

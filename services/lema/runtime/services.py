@@ -1,0 +1,269 @@
+"""The gRPC servicers: each validates its request, calls the same stage functions the workers call, and answers.
+
+Bad input is INVALID_ARGUMENT with the field named ("items[3].task: must be one of ..."); a call whose deadline has
+already passed is DEADLINE_EXCEEDED before any LLM work starts.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any, TypeVar, cast, get_args
+
+import grpc
+from pydantic import ValidationError
+
+from lema.checker import CheckItem, CheckResult, extract_answer
+from lema.config import LemaSettings
+from lema.pipeline import Resources
+from lema.records import Attempt, Question, ReasoningPath, Task, stable_id
+from lema.runtime import metrics
+from lema.runtime.grpc_server import ServiceBinding
+from lema.runtime.settings import Service
+from lema.runtime.wire import WireError, message_fields, to_message, validation_summary
+from lema.stages.correct import correct_attempts
+from lema.stages.evolve import QuestionIndex, evolve_questions
+from lema.stages.sample import sample_questions
+from lema.stages.verify import verify_corrections
+from lema.v1 import (
+    checker_pb2,
+    checker_pb2_grpc,
+    corrector_pb2,
+    corrector_pb2_grpc,
+    evolver_pb2,
+    evolver_pb2_grpc,
+    records_pb2,
+    sampler_pb2,
+    sampler_pb2_grpc,
+)
+
+TASKS: tuple[str, ...] = get_args(Task)
+CLIENT_MODEL = "client"
+"""The `model` of a wrong solution a client sends for correction."""
+
+
+class InvalidArgument(ValueError):
+    """A request field is missing or wrong; the message starts with the field's name."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+
+
+def _required(value: str, field: str) -> str:
+    if not value.strip():
+        raise InvalidArgument(field, "required, got an empty string")
+    return value
+
+
+def _task(value: str, field: str) -> Task:
+    if value not in TASKS:
+        raise InvalidArgument(field, f"must be one of {', '.join(TASKS)}, got {value!r}")
+    return cast(Task, value)
+
+
+def _ensure_time_left(context: grpc.ServicerContext) -> None:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the work could start")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rpc(method: F) -> F:
+    """Turn request validation errors into INVALID_ARGUMENT naming the field; refuse work past the deadline."""
+
+    @functools.wraps(method)
+    def handler(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        _ensure_time_left(context)
+        try:
+            return method(self, request, context)
+        except (InvalidArgument, WireError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    return cast(F, handler)
+
+
+def _check_response(result: CheckResult) -> checker_pb2.CheckResponse:
+    metrics.CHECKER_VERDICTS.labels("correct" if result.correct else "wrong").inc()
+    return checker_pb2.CheckResponse(correct=result.correct, predicted=result.predicted, reason=result.reason)
+
+
+def _check_item(request: checker_pb2.CheckRequest, where: str) -> CheckItem:
+    return CheckItem(
+        response=request.response,
+        gold=_required(request.gold, f"{where}gold"),
+        task=_task(request.task, f"{where}task"),
+        choices=tuple(request.choices),
+    )
+
+
+class CheckerServicer(checker_pb2_grpc.CheckerServiceServicer):
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+
+    @rpc
+    def Check(self, request: checker_pb2.CheckRequest, context: grpc.ServicerContext) -> checker_pb2.CheckResponse:
+        (result,) = self.resources.checker.check_batch([_check_item(request, "")])
+        return _check_response(result)
+
+    @rpc
+    def CheckBatch(
+        self, request: checker_pb2.CheckBatchRequest, context: grpc.ServicerContext
+    ) -> checker_pb2.CheckBatchResponse:
+        items = [_check_item(item, f"items[{i}].") for i, item in enumerate(request.items)]
+        results = self.resources.checker.check_batch(items)
+        return checker_pb2.CheckBatchResponse(results=[_check_response(r) for r in results])
+
+
+class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
+    def __init__(self, settings: LemaSettings, resources: Resources) -> None:
+        self.settings, self.resources = settings, resources
+
+    @rpc
+    def Sample(
+        self, request: sampler_pb2.SampleRequest, context: grpc.ServicerContext
+    ) -> Iterator[records_pb2.ReasoningPath]:
+        task = _task(request.task, "task")
+        question = Question.create(
+            _required(request.question, "question"), "", task, source="grpc", choices=tuple(request.choices)
+        )
+        models = list(request.models) or list(self.settings.sample.models)
+        unknown = sorted(set(models) - set(self.settings.sample.models))
+        if unknown:
+            raise InvalidArgument(
+                "models", f"{unknown} not served here; choose from {list(self.settings.sample.models)}"
+            )
+        per_model = self.settings.sample.samples_per_model
+        if request.HasField("samples_per_model"):
+            if request.samples_per_model <= 0:
+                raise InvalidArgument("samples_per_model", f"must be positive, got {request.samples_per_model}")
+            per_model = request.samples_per_model
+        sample_settings = self.settings.sample.model_copy(update={"samples_per_model": per_model})
+
+        def stream() -> Iterator[records_pb2.ReasoningPath]:
+            for model in models:
+                _ensure_time_left(context)
+                backend = self.resources.llm(model)
+                for attempt in sample_questions([question], backend, sample_settings, self.settings.run.prompts_dir):
+                    yield to_message(attempt.path, records_pb2.ReasoningPath)
+
+        return stream()
+
+
+class CorrectorServicer(corrector_pb2_grpc.CorrectorServiceServicer):
+    def __init__(self, settings: LemaSettings, resources: Resources) -> None:
+        self.settings, self.resources = settings, resources
+
+    @rpc
+    def Correct(
+        self, request: corrector_pb2.CorrectRequest, context: grpc.ServicerContext
+    ) -> corrector_pb2.CorrectResponse:
+        text = _required(request.question, "question")
+        solution = _required(request.wrong_solution, "wrong_solution")
+        task = _task(request.task, "task")
+        gold = _required(request.gold, "gold") if request.HasField("gold") else None
+        choices = tuple(request.choices)
+        question = Question.create(text, gold or "", task, source="grpc", choices=choices)
+        path = ReasoningPath(
+            id=stable_id("p", question.id, CLIENT_MODEL, solution),
+            question_id=question.id,
+            model=CLIENT_MODEL,
+            sample_index=0,
+            prompt_version=CLIENT_MODEL,
+            text=solution,
+            answer=extract_answer(solution, task, choices).answer,
+            verdict="wrong",
+        )
+        settings = self.settings.correct
+        if gold is None:  # nothing to show the corrector
+            settings = settings.model_copy(update={"show_gold": False})
+        backend = self.resources.llm(settings.model)
+        corrected, drops = correct_attempts(
+            [Attempt(question=question, path=path)], backend, settings, self.settings.run.prompts_dir
+        )
+        if drops:
+            metrics.DROPS.labels(drops[0].stage, drops[0].reason).inc()
+            return corrector_pb2.CorrectResponse(dropped=to_message(drops[0], records_pb2.Drop))
+        correction = corrected[0].correction
+        if gold is None:
+            correction = correction.model_copy(update={"verify_reason": "no_gold_given"})
+        else:
+            verified, rejected = verify_corrections(corrected, self.resources.checker)
+            if verified:
+                correction = verified[0].correction
+            else:
+                correction = correction.model_copy(update={"verify_reason": rejected[0].detail})
+            metrics.CORRECTIONS.labels("verified" if correction.verified else "rejected").inc()
+        return corrector_pb2.CorrectResponse(correction=to_message(correction, records_pb2.Correction))
+
+
+class EvolverServicer(evolver_pb2_grpc.EvolverServiceServicer):
+    def __init__(self, settings: LemaSettings, resources: Resources) -> None:
+        self.settings, self.resources = settings, resources
+
+    @rpc
+    def Evolve(self, request: evolver_pb2.EvolveRequest, context: grpc.ServicerContext) -> evolver_pb2.EvolveResponse:
+        if not request.HasField("seed"):
+            raise InvalidArgument("seed", "required")
+        seed = _seed_question(request.seed)
+        settings = self.settings.evolve
+        index = QuestionIndex(settings.near_duplicate_threshold)  # per call: the answer depends on the seed alone
+        index.add(seed)
+        voters = [self.resources.llm(m) for m in (settings.answer_models or self.settings.sample.models)]
+        questions, drops = evolve_questions(
+            [seed], self.resources.llm(settings.model), voters, index, settings, self.settings.run.prompts_dir
+        )
+        return evolver_pb2.EvolveResponse(
+            questions=[to_message(q, records_pb2.Question) for q in questions],
+            drops=[to_message(d, records_pb2.Drop) for d in drops],
+        )
+
+
+def _seed_question(message: records_pb2.Question) -> Question:
+    """The seed as a record; a client may leave out `id` (derived from the text) and `source` ('grpc')."""
+    fields = message_fields(message)
+    fields.setdefault("source", "grpc")
+    if "id" not in fields and isinstance(fields.get("text"), str) and fields.get("task") in TASKS:
+        fields["id"] = Question.make_id(fields["text"], fields["task"], tuple(fields.get("choices", ())))
+    try:
+        return Question.model_validate(fields)
+    except ValidationError as exc:
+        raise WireError(validation_summary(exc, "seed")) from None
+
+
+def service_bindings(service: Service, settings: LemaSettings, resources: Resources) -> list[ServiceBinding]:
+    """The gRPC service `service` serves, if any (the dataset writer serves health only)."""
+    servicer: Any
+    register: Callable[[Any, grpc.Server], None]
+    module: ModuleType
+    match service:
+        case "checker":
+            servicer, register, module = (
+                CheckerServicer(resources),
+                checker_pb2_grpc.add_CheckerServiceServicer_to_server,
+                checker_pb2,
+            )
+        case "sampler":
+            servicer, register, module = (
+                SamplerServicer(settings, resources),
+                sampler_pb2_grpc.add_SamplerServiceServicer_to_server,
+                sampler_pb2,
+            )
+        case "corrector":
+            servicer, register, module = (
+                CorrectorServicer(settings, resources),
+                corrector_pb2_grpc.add_CorrectorServiceServicer_to_server,
+                corrector_pb2,
+            )
+        case "evolver":
+            servicer, register, module = (
+                EvolverServicer(settings, resources),
+                evolver_pb2_grpc.add_EvolverServiceServicer_to_server,
+                evolver_pb2,
+            )
+        case _:
+            return []
+    (descriptor,) = module.DESCRIPTOR.services_by_name.values()
+    return [ServiceBinding(descriptor.full_name, functools.partial(register, servicer))]

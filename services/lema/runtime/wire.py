@@ -1,0 +1,105 @@
+"""Records on the wire: pydantic records <-> the protobuf messages of `protos/lema/v1`, and Kafka message values.
+
+Proto fields carry the same names as the record fields and every scalar has explicit presence, so one generic
+conversion serves every record: absent fields take the model's default, and the pydantic model does all validation.
+A malformed message therefore fails with an error naming the field, whichever runtime received it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as ProtoMessage
+from pydantic import BaseModel, ValidationError
+
+from lema.records import SCHEMA_VERSION, Attempt, CorrectedAttempt, Drop, Question, Record
+from lema.v1 import records_pb2
+
+BusRecord = Question | Attempt | CorrectedAttempt | Drop
+"""The records that travel on Kafka topics."""
+ModelT = TypeVar("ModelT", bound=BaseModel)
+ProtoMessageT = TypeVar("ProtoMessageT", bound=ProtoMessage)
+
+
+class WireError(ValueError):
+    """A message could not be decoded into a record; the text names the field or the reason."""
+
+
+# The envelope's oneof field for each record type that travels on Kafka.
+_RECORDS_BY_FIELD: Mapping[str, type[BusRecord]] = {
+    "question": Question,
+    "attempt": Attempt,
+    "corrected_attempt": CorrectedAttempt,
+    "drop": Drop,
+}
+ENVELOPE_FIELDS: Mapping[type[Record], str] = {record: field for field, record in _RECORDS_BY_FIELD.items()}
+
+
+def to_message(model: BaseModel, message_cls: type[ProtoMessageT]) -> ProtoMessageT:
+    """`model` as a `message_cls`; nested models become nested messages, None becomes an absent field."""
+    return message_cls(**_present_fields(model))
+
+
+def _present_fields(model: BaseModel) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name, value in model:
+        if isinstance(value, BaseModel):
+            fields[name] = _present_fields(value)  # protobuf builds the nested message from the dict
+        elif value is not None:
+            fields[name] = value
+    return fields
+
+
+def from_message(message: ProtoMessage, model_cls: type[ModelT], where: str = "") -> ModelT:
+    """Validate `message` as a `model_cls`; raises `WireError` naming the offending field (prefixed by `where`)."""
+    try:
+        return model_cls.model_validate(message_fields(message))
+    except ValidationError as exc:
+        raise WireError(validation_summary(exc, where or model_cls.__name__)) from None
+
+
+def message_fields(message: ProtoMessage) -> dict[str, Any]:
+    """The fields `message` actually carries, as a plain dict (absent optionals and empty repeateds left out)."""
+    out: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.is_repeated:
+            if value:
+                out[field.name] = [message_fields(v) for v in value] if field.message_type else list(value)
+        elif not field.has_presence or message.HasField(field.name):
+            out[field.name] = message_fields(value) if field.message_type else value
+    return out
+
+
+def validation_summary(exc: ValidationError, where: str) -> str:
+    """'Question.gold: Field required; ...': every problem with its dotted field path."""
+    return "; ".join(f"{'.'.join([where, *map(str, err['loc'])])}: {err['msg']}" for err in exc.errors())
+
+
+def encode(record: Record) -> bytes:
+    """The Kafka message value for `record`: an `Envelope` stamped with the current schema version."""
+    field = ENVELOPE_FIELDS.get(type(record))
+    if field is None:
+        raise TypeError(f"{type(record).__name__} records do not travel on the bus")
+    payload: dict[str, Any] = {field: _present_fields(record)}
+    envelope = records_pb2.Envelope(schema_version=SCHEMA_VERSION, **payload)
+    return envelope.SerializeToString(deterministic=True)
+
+
+def decode(value: bytes | None) -> BusRecord:
+    """The record in a Kafka message value; raises `WireError` saying what is wrong with it."""
+    if not value:
+        raise WireError("empty message value (expected a lema.v1.Envelope)")
+    try:
+        envelope = records_pb2.Envelope.FromString(value)
+    except DecodeError as exc:
+        raise WireError(f"not a lema.v1.Envelope: {exc}") from None
+    if not 1 <= envelope.schema_version <= SCHEMA_VERSION:
+        raise WireError(f"Envelope.schema_version: {envelope.schema_version} is not supported (1..{SCHEMA_VERSION})")
+    field = envelope.WhichOneof("record")
+    if field is None:
+        raise WireError("Envelope.record: no record set")
+    model_cls = _RECORDS_BY_FIELD[field]
+    return from_message(getattr(envelope, field), model_cls, where=model_cls.__name__)
