@@ -21,7 +21,7 @@ def check(target: str, service: str = "", timeout_s: float = 3.0) -> bool:
         except grpc.RpcError as exc:
             print(f"{target} {service!r}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return False
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    status: str = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     if status != "SERVING":
         print(f"{target} {service!r}: {status}", file=sys.stderr)
     return status == "SERVING"
@@ -30,4 +30,4 @@ def check(target: str, service: str = "", timeout_s: float = 3.0) -> bool:
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
-    sys.exit(0 if check(*sys.argv[1:]) else 1)
+    sys.exit(0 if check(sys.argv[1], sys.argv[2] if len(sys.argv) == 3 else "") else 1)

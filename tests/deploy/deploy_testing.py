@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,7 @@ def _kubernetes_definitions() -> Resource[Any]:
 def _validator(api_version: str, kind: str) -> jsonschema.Draft202012Validator | None:
     """The schema of one kind: kubernetes-validate's strict one for built-in kinds, ours for CRDs; None if unknown."""
     crd_schema = CRD_SCHEMAS.get((api_version, kind))
+    schema_file: Traversable
     if crd_schema is not None:
         schema_file = Path(__file__).parent / "crd_schemas" / crd_schema
     else:

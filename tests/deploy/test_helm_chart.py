@@ -29,6 +29,7 @@ from deploy_testing import (
 
 from lema.config import load_settings
 from lema.prompts import load_prompt
+from lema.records import Task
 from lema.runtime.settings import ServiceSettings
 from lema.training.config import load_train_settings
 
@@ -41,6 +42,16 @@ INPUT_TOPICS = {
     "evolver": {"corrections.verified"},
     "dataset-writer": {"cot", "corrections.verified", "drops"},
 }
+# What the stages load: (kind, task), task-specific templates first.
+PROMPTS_LEMA_LOADS: list[tuple[str, Task | None]] = [
+    ("sample", "gsm8k"),
+    ("sample", "math"),
+    ("sample", "mcq"),
+    ("correct", "gsm8k"),
+    ("correct", "math"),
+    ("correct", "mcq"),
+    ("evolve", None),
+]
 SECRET_LIKE = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 
 
@@ -278,13 +289,7 @@ def test_prompt_overrides_are_mounted_where_lema_reads_them(
     assert prompts_dir == values["prompts"]["mountPath"]
     for file_name, text in prompt_maps[0].body["data"].items():
         (tmp_path / file_name).write_text(text)
-    for kind, task in [
-        ("sample", "gsm8k"),
-        ("sample", "math"),
-        ("correct", "gsm8k"),
-        ("correct", "mcq"),
-        ("evolve", None),
-    ]:
+    for kind, task in PROMPTS_LEMA_LOADS:
         mounted, packaged = load_prompt(kind, task, tmp_path), load_prompt(kind, task)
         assert replace(mounted, source="") == replace(packaged, source="")
     for manifest in service_deployments(manifests).values():
