@@ -30,10 +30,9 @@ from deploy_testing import (
 from lema.config import load_settings
 from lema.prompts import load_prompt
 from lema.records import Task
-from lema.runtime.settings import ServiceSettings
+from lema.runtime.settings import SERVICES, ServiceSettings
 from lema.training.config import load_train_settings
 
-SERVICES = ("sampler", "checker", "corrector", "evolver", "dataset-writer")
 # lema's Kafka wiring: the topics each service consumes (what KEDA must watch).
 INPUT_TOPICS = {
     "sampler": {"questions"},
