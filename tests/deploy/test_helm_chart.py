@@ -121,6 +121,23 @@ def test_services_probe_grpc_health_and_wait_for_model_loading(
         assert ports == {"grpc": grpc_port, "metrics": values["ports"]["metrics"]}
 
 
+def test_service_command_lines_parse_with_the_lema_cli() -> None:
+    """The Deployments' args are a command line the real `lema` CLI accepts (parsed, not run)."""
+    import typer.main
+
+    from lema.cli import app
+
+    lema = typer.main.get_command(app)
+    for deployment in service_deployments(render({})).values():
+        (container,) = deployment.body["spec"]["template"]["spec"]["containers"]
+        command, *args = container["args"]
+        with lema.make_context("lema", [command]) as group:
+            subcommand = lema.get_command(group, command)  # type: ignore[attr-defined]
+            assert subcommand is not None, f"{deployment.where}: lema has no command {command!r}"
+            parsed = subcommand.make_context(command, list(args), parent=group).params
+        assert parsed["service"] in SERVICES and parsed["config"] == Path("/etc/lema/config.yaml")
+
+
 def test_model_servers_get_a_memory_backed_dev_shm(manifests: list[Manifest], values: dict[str, Any]) -> None:
     model_servers = [m for m in of_kind(manifests, "Deployment") if m.name.endswith("-vllm")]
     model_servers += [m for s, m in service_deployments(manifests).items() if values["services"][s]["modelServer"]]
