@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +53,13 @@ class CheckpointStore:
         self.store.put_bytes(self._key(step, COMPLETE_MARKER), b"")
 
     def download(self, step: int, local_dir: Path) -> Path:
-        """Fetch a checkpoint into `local_dir/checkpoint-<step>` (skipping files already there) and return it."""
+        """Fetch a checkpoint into a clean `local_dir/checkpoint-<step>`: whatever a killed run left there goes."""
         target = local_dir / f"checkpoint-{step}"
+        shutil.rmtree(target, ignore_errors=True)
         folder = f"{self.prefix}/checkpoint-{step}/"
         for key in self.store.list(folder):
             relative = key[len(folder) :]
-            if relative != COMPLETE_MARKER and not (target / relative).is_file():
+            if relative != COMPLETE_MARKER:
                 self.store.download_file(key, target / relative)
         return target
 
@@ -87,6 +89,9 @@ class UploadCheckpoints(TrainerCallback):
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
         step = state.global_step
+        if step >= state.max_steps:
+            # The job saves the adapter next; a checkpoint with no steps left would only make a restart redo nothing.
+            return
         if state.is_local_process_zero:
             self.checkpoints.upload_files(Path(args.output_dir) / f"checkpoint-{step}", step)
         _barrier()

@@ -144,7 +144,10 @@ class TrainingJob:
             model = load_lora_model(settings.model, settings.lora)
             steps = checkpoints.complete_steps() if settings.checkpoints.resume else []
             if steps:
-                resume_from = checkpoints.download(steps[-1], Path(args.output_dir))
+                # One download per node; the node's other ranks read it once the first process leaves this block.
+                resume_from = Path(args.output_dir) / f"checkpoint-{steps[-1]}"
+                if args.local_process_index == 0:
+                    checkpoints.download(steps[-1], Path(args.output_dir))
         features = tokenize_examples(tokenizer, data.examples, settings.data.max_length)
         metrics = TrainingMetrics(settings.metrics, settings.run.name)
         trainer = Trainer(
