@@ -77,14 +77,10 @@ class Checker:
     def check_batch(self, items: Sequence[CheckItem]) -> list[CheckResult]:
         """Results in input order; symbolic checks run in parallel on the worker processes."""
         decided = [self._decide(item) for item in items]
-        symbolic = [index for index, outcome in enumerate(decided) if isinstance(outcome, _Symbolic)]
-        if symbolic:
-            with ThreadPoolExecutor(max_workers=min(self._settings.workers, len(symbolic))) as threads:
-                for index, result in zip(
-                    symbolic, threads.map(self._settle, [decided[i] for i in symbolic]), strict=True
-                ):
-                    decided[index] = result
-        return [outcome for outcome in decided if isinstance(outcome, CheckResult)]
+        symbolic = [outcome for outcome in decided if isinstance(outcome, _Symbolic)]
+        with ThreadPoolExecutor(max_workers=self._settings.workers) as threads:
+            settled = iter(threads.map(self._settle, symbolic))
+            return [next(settled) if isinstance(outcome, _Symbolic) else outcome for outcome in decided]
 
     def _decide(self, item: CheckItem) -> CheckResult | _Symbolic:
         extraction = extract_answer(item.response, item.task, item.choices, self._patterns)
@@ -97,7 +93,7 @@ class Checker:
         decided = (
             compare_choices(gold, predicted, item.choices)
             if item.task == "mcq"
-            else compare_plain(gold, predicted, self._settings.percent_policy)
+            else _compare_plain(gold, predicted, self._settings.percent_policy)
         )
         if decided is not None:
             return CheckResult(decided[0], predicted, decided[1])
@@ -112,7 +108,7 @@ class Checker:
         return CheckResult(reason == "symbolic_equal", outcome.predicted, reason)
 
 
-def compare_plain(gold: str, predicted: str, policy: PercentPolicy) -> tuple[bool, str] | None:
+def _compare_plain(gold: str, predicted: str, policy: PercentPolicy) -> tuple[bool, str] | None:
     """The verdict when both answers are numbers or spell the same LaTeX; None when that does not decide."""
     gold_number, predicted_number = parse_number(gold), parse_number(predicted)
     if gold_number and predicted_number:

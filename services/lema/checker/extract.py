@@ -12,18 +12,27 @@ import re
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from lema.checker.choices import choice_letter
 from lema.checker.latex import boxed_answer, strip_math_delimiters
 from lema.checker.numbers import find_number, parse_number
 from lema.records import Task
 
-_MARKERS = {
-    "answer_is": re.compile(r"\b(?:answer|option|choice)\s+is\b\s*:?", re.IGNORECASE),
-    "answer_colon": re.compile(r"\banswer\s*\**\s*:", re.IGNORECASE),
-    "hash_marks": re.compile(r"####"),
-}
-_LAST_NUMBER = re.compile(r"(?<![\w.,/])-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?")
+
+def _last_of(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    """A regex whose match ends at the last occurrence of `pattern` (group 'last'): the greedy prefix backtracks
+    from the end of the text, which is far cheaper than walking every occurrence from the start."""
+    return re.compile(rf"(?s:.*)(?P<last>{pattern})", flags)
+
+
+# (reason, words one of which the text must contain, the marker): the words spare a regex scan of most texts.
+_MARKERS = (
+    ("answer_is", ("answer", "option", "choice"), _last_of(r"\b(?:answer|option|choice)\s+is\b\s*:?", re.IGNORECASE)),
+    ("answer_colon", ("answer",), _last_of(r"\banswer\s*\**\s*:", re.IGNORECASE)),
+    ("hash_marks", ("####",), _last_of(r"####")),
+)
+_LAST_NUMBER = _last_of(r"(?<![\w.,/])-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?")
 _SENTENCE_END = re.compile(r"\.(?!\d)|\n")
 _MATH_OPENINGS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 _PHRASE_LIMIT = 2_000  # characters read after a marker; an answer is never longer
@@ -62,10 +71,11 @@ def extract_answer(
         if match:
             phrase = match.group(1) if pattern.groups else match.group(0)
             found.append((match.start(), "pattern", phrase))
-    for reason, marker in _MARKERS.items():
-        match = _last(marker.finditer(text))
+    lowered = text.lower()
+    for reason, words, marker in _MARKERS:
+        match = marker.match(text) if any(word in lowered for word in words) else None
         if match:
-            found.append((match.start(), reason, _phrase_after(text, match.end())))
+            found.append((match.start("last"), reason, _phrase_after(text, match.end("last"))))
     boxed = boxed_answer(text)
     if boxed:
         found.append((boxed[0], "boxed" if boxed[1] is not None else "unclosed_boxed", boxed[1]))
@@ -78,14 +88,18 @@ def extract_answer(
     return _fallback(text, task, choices)
 
 
+@lru_cache(maxsize=4_096)
 def extract_gold(text: str, task: Task) -> str | None:
     """The gold answer from a bare answer ('18', '\\frac12', 'C') or a whole reference solution
-    (GSM8K '… #### 18', a MATH solution with `\\boxed{}`); None when there is none."""
-    stated = extract_answer(text, task)
-    if stated.reason not in ("last_number", "bare", "no_answer"):
-        return stated.answer
-    answer = _answer_in_phrase(text, task, ())
-    return answer or None
+    (GSM8K '… #### 18', a MATH solution with `\\boxed{}`); None when there is none.
+
+    Cached: every sample of a question is checked against the same gold.
+    """
+    if task == "mcq" or parse_number(text) is None:  # else a bare number, the common case: no search needed
+        stated = extract_answer(text, task)
+        if stated.reason not in ("last_number", "bare", "no_answer"):
+            return stated.answer
+    return _answer_in_phrase(text, task, ())
 
 
 def _answer_in_phrase(phrase: str, task: Task, choices: Sequence[str]) -> str | None:
@@ -114,8 +128,8 @@ def _phrase_after(text: str, start: int) -> str:
 
 def _fallback(text: str, task: Task, choices: Sequence[str]) -> Extraction:
     if task == "gsm8k":
-        number = _last(_LAST_NUMBER.finditer(text))
-        return Extraction(number.group(0), "last_number") if number else Extraction(None, "no_answer")
+        number = _LAST_NUMBER.match(text)
+        return Extraction(number.group("last"), "last_number") if number else Extraction(None, "no_answer")
     bare = text.strip()
     if bare and len(bare) <= _BARE_LIMIT and "\n" not in bare:
         answer = _answer_in_phrase(bare.rstrip("."), task, choices)

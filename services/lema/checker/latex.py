@@ -25,6 +25,8 @@ def boxed_answer(text: str) -> tuple[int, str | None] | None:
     joined by ', ' ('x = \\boxed{1} or \\boxed{2}' -> '1, 2'): a hedge between two answers then matches neither.
     An unclosed last box gives (start, None): its answer is unknown, and an earlier box must not stand in for it.
     """
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return None
     openings = list(_BOX_OPENING.finditer(text))
     if not openings:
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 from typing import Literal
 
 PercentPolicy = Literal["strict", "lenient"]
@@ -30,6 +31,9 @@ _WHOLE_NUMBER = re.compile(
     rf"|(?P<numerator>{_UNSIGNED})(?:/(?P<denominator>{_UNSIGNED}))?)(?P<percent>%|percent)?",
     re.IGNORECASE,
 )
+
+_PLAIN = re.compile(r"-?\d+(?:\.\d+)?")  # most answers: no parsing beyond this
+_MAX_LENGTH = 1_000  # longer text is not one plain number; it goes to the symbolic path or fails as text
 
 _LATEX_NOISE = re.compile(r"\\[,!;: ]|\\left|\\right|\\displaystyle|~|\s+")
 _UNIT_SUFFIX = re.compile(r"(?<=[\d}.%])\\(?:text|mbox|mathrm)\{[A-Za-z .]*\}$")
@@ -61,22 +65,24 @@ def find_number(text: str) -> str | None:
     return match.group(0).strip() if match else None
 
 
+@lru_cache(maxsize=16_384)
 def parse_number(text: str) -> Number | None:
     """`text` as one exact number, or None when it is anything else (an expression, a list, words, too long).
 
     Accepts signs, '$' and '\\$', thousands separators ('1,234', '10{,}000'), leading zeros, decimals, 'a/b',
     '\\frac{a}{b}', a percent sign ('%', '\\%', 'percent'), a 'x =' prefix, degrees and a unit in '\\text{}'.
+    Cached: the same gold answer is parsed for every sample of its question.
     """
-    simplified = _simplify(text)
-    match = _WHOLE_NUMBER.fullmatch(simplified)
+    if len(text) > _MAX_LENGTH:
+        return None
+    if _PLAIN.fullmatch(text):
+        return Number(_exact(text))
+    match = _WHOLE_NUMBER.fullmatch(_simplify(text))
     if match is None:
         return None
     top = match["top"] or match["top1"] or match["numerator"]
     bottom = match["bottom"] or match["bottom1"] or match["denominator"] or "1"
-    try:
-        numerator, denominator = Fraction(top.replace(",", "")), Fraction(bottom.replace(",", ""))
-    except ValueError:  # more digits than int() accepts: not a number this path can hold
-        return None
+    numerator, denominator = _exact(top), _exact(bottom)
     if denominator == 0:
         return None
     magnitude = numerator / denominator
@@ -94,6 +100,15 @@ def number_key(number: Number, policy: PercentPolicy) -> str:
     """A grouping key: equal numbers get the same key ('18', '18.0' and '$18' -> '18'; '50%' -> '1/2' if strict)."""
     value = number.magnitude if policy == "lenient" else number.value
     return str(value)
+
+
+def _exact(decimal: str) -> Fraction:
+    """'-1,234.50' -> Fraction(-2469, 2), from integers: Fraction's own string parser is the fast path's hot spot."""
+    negative = decimal.startswith("-")
+    whole, _, decimals = decimal.lstrip("-").replace(",", "").partition(".")
+    scale = 10 ** len(decimals)
+    value = Fraction(int(whole or "0") * scale + int(decimals or "0"), scale)
+    return -value if negative else value
 
 
 def _simplify(text: str) -> str:

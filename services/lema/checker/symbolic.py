@@ -15,6 +15,7 @@ What is fixed on top of Math-Verify:
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 
 import math_verify
 from sympy import Basic, Expr, Float, MatrixBase
@@ -28,6 +29,30 @@ _DIGITS = 60
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 
+# One pair of each answer shape: the first parse of a shape is slow (the LaTeX grammar's lazily built tables, sympy's
+# lazy imports), so a worker runs these before it takes real checks, whose deadlines should not pay for that.
+_WARM_UP = (
+    ("x+1", "1+x"),
+    ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}"),
+    ("\\frac{\\pi}{3}", "\\frac{1}{3}\\pi"),
+    ("(1, 2]", "[1,2)"),
+    ("(-\\infty, 2)\\cup(3,\\infty)", "(-\\infty,2]"),
+    ("(1,2)", "(2,1)"),
+    ("\\{1,2\\}", "\\{2,1\\}"),
+    ("x^2+2x+1", "(x+1)(x+2)"),
+    ("y=2x+1", "y=2x-1"),
+    ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}"),
+    ("\\text{even}", "\\text{odd}"),
+    ("50\\%", "\\frac{1}{2}"),
+    ("1+i", "i+1"),
+)
+
+
+def warm_up() -> None:
+    for gold, predicted in _WARM_UP:
+        compare_latex(gold, predicted)
+
+
 def compare_latex(gold: str, predicted: str) -> str:
     """'symbolic_equal', 'symbolic_mismatch', or 'unparsable' when either side is not LaTeX sympy can read."""
     gold_expr, predicted_expr = _parse(gold), _parse(predicted)
@@ -38,7 +63,10 @@ def compare_latex(gold: str, predicted: str) -> str:
     return "symbolic_equal" if _same_number_if_numbers(gold_expr, predicted_expr) else "symbolic_mismatch"
 
 
+@lru_cache(maxsize=4_096)
 def _parse(answer: str) -> Basic | MatrixBase | None:
+    """The answer as sympy, or None. Cached: a question's gold (and a common wrong answer) recurs in every sample,
+    and parsing is most of a check's time."""
     flat = " ".join(answer.split())
     if not flat:
         return None

@@ -1,18 +1,21 @@
-"""A symbolic-check worker process: `python -m lema.checker.worker IN_FD OUT_FD` (started by `pool.py`).
+"""The template process that forks symbolic-check workers: `python -m lema.checker.worker SOCKET_FD` (see `pool.py`).
 
-It reads (gold, predicted, timeout_s) requests and answers each with a reason. The deadline is a SIGALRM timer,
-which works here because the check runs in this process's main thread; it raises a BaseException so that no
-`except Exception` inside sympy or Math-Verify can swallow it.
+The template imports sympy and Math-Verify, warms them up, reports ready, then forks one worker per request it
+receives; each request carries the socket the new worker serves on. A worker reads (gold, predicted, timeout_s)
+requests and answers each with a reason. Its deadline is a SIGALRM timer, which works because the check runs in the
+worker's main thread; the alarm raises a BaseException so that no `except Exception` in sympy can swallow it.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import sys
 from multiprocessing.connection import Connection
 from types import FrameType
 
-from lema.checker.pool import READY
+from lema.checker.pool import FORK, READY
 
 
 class _Deadline(BaseException):
@@ -23,17 +26,38 @@ def _raise_deadline(signum: int, frame: FrameType | None) -> None:
     raise _Deadline
 
 
-def serve(inbox: Connection, outbox: Connection) -> None:
-    """Answer requests until the parent closes its end of the pipe."""
+def run_template(control: socket.socket) -> None:
+    """Fork a worker for each request until the pool closes its end of the socket."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which then stops its workers
-    signal.signal(signal.SIGALRM, _raise_deadline)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # exited workers are reaped by the kernel
+    from lema.checker.symbolic import warm_up
+
+    warm_up()
+    control.sendall(READY)
+    while True:
+        message, fds, _, _ = socket.recv_fds(control, 1, 1)
+        if message != FORK or not fds:
+            return
+        pid = os.fork()
+        if pid == 0:
+            control.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            try:
+                serve(Connection(fds[0]))
+            finally:
+                os._exit(0)  # never return into the template's loop
+        os.close(fds[0])
+        control.sendall(pid.to_bytes(4, "big"))
+
+
+def serve(connection: Connection) -> None:
+    """A worker: answer requests until the pool closes the connection."""
     from lema.checker.symbolic import compare_latex
 
-    compare_latex("x+1", "1+x")  # load the parser before reporting ready, so a first check is not slower
-    outbox.send(READY)
+    signal.signal(signal.SIGALRM, _raise_deadline)
     while True:
         try:
-            gold, predicted, timeout_s = inbox.recv()
+            gold, predicted, timeout_s = connection.recv()
         except EOFError:
             return
         try:
@@ -46,8 +70,8 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             reason = "timeout"
         except Exception:  # a sympy failure on strange input is a verdict, not a dead worker
             reason = "checker_error"
-        outbox.send(reason)
+        connection.send(reason)
 
 
 if __name__ == "__main__":
-    serve(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False))
+    run_template(socket.socket(fileno=int(sys.argv[1])))
