@@ -39,6 +39,8 @@ from lema.v1 import (
 )
 
 TASKS: tuple[str, ...] = get_args(Task)
+CHECK_CHUNK = 64
+"""CheckBatch checks this many items at a time, and stops between chunks once the caller's deadline has passed."""
 CLIENT_MODEL = "client"
 """The `model` of a wrong solution a client sends for correction."""
 
@@ -65,7 +67,9 @@ def _task(value: str, field: str) -> Task:
 def _ensure_time_left(context: grpc.ServicerContext) -> None:
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
-        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the work could start")
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed; the remaining work was not started")
+    if not context.is_active():
+        context.abort(grpc.StatusCode.CANCELLED, "the caller cancelled the call")
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -113,7 +117,10 @@ class CheckerServicer(checker_pb2_grpc.CheckerServiceServicer):
         self, request: checker_pb2.CheckBatchRequest, context: grpc.ServicerContext
     ) -> checker_pb2.CheckBatchResponse:
         items = [_check_item(item, f"items[{i}].") for i, item in enumerate(request.items)]
-        results = self.resources.checker.check_batch(items)
+        results: list[CheckResult] = []
+        for start in range(0, len(items), CHECK_CHUNK):  # a caller that gave up stops the work between chunks
+            _ensure_time_left(context)
+            results += self.resources.checker.check_batch(items[start : start + CHECK_CHUNK])
         return checker_pb2.CheckBatchResponse(results=[_check_response(r) for r in results])
 
 

@@ -1,0 +1,128 @@
+"""Helpers for the platform tests: service processes, gRPC channels, settings for the local broker and S3 server."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lema.config import BusSettings
+from lema.runtime.infra import LocalBroker, LocalS3, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = REPO / ".." / "shared" / "data"
+_namespaces = itertools.count()
+
+
+def kafka_settings(broker: LocalBroker, namespace: str) -> dict[str, Any]:
+    """Bus settings isolating a test on a shared broker (own topic prefix and groups), with fast group joins."""
+    return {
+        "kind": "kafka",
+        "bootstrap_servers": broker.bootstrap_servers,
+        "topic_prefix": f"{namespace}.",
+        "group_prefix": f"{namespace}-",
+        "batch_size": 8,
+        "max_poll_interval_ms": 6000,
+        "session_timeout_ms": 6000,
+    }
+
+
+def bus_settings(broker: LocalBroker, namespace: str | None = None) -> BusSettings:
+    return BusSettings(**kafka_settings(broker, namespace or f"t{next(_namespaces)}-{os.getpid()}"))
+
+
+def s3_env(s3: LocalS3) -> dict[str, str]:
+    return {"LEMA_S3_ACCESS_KEY": s3.access_key, "LEMA_S3_SECRET_KEY": s3.secret_key}
+
+
+def store_settings(s3: LocalS3, bucket: str) -> dict[str, Any]:
+    return {"kind": "minio", "endpoint": s3.endpoint, "bucket": bucket}
+
+
+@dataclass
+class ServiceChild:
+    """A `lema serve <service>` child process, its ports and its log file."""
+
+    service: str
+    config: Path
+    log: Path
+    env: dict[str, str]
+    overrides: list[str] = field(default_factory=list)
+    grpc_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceChild:
+        command = [sys.executable, "-m", "lema.cli", "serve", self.service, "--config", str(self.config)]
+        settings = [
+            f"server.grpc_port={self.grpc_port}",
+            f"server.metrics_port={self.metrics_port}",
+            "server.host=127.0.0.1",
+            *self.overrides,
+        ]
+        for setting in settings:
+            command += ["--set", setting]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=REPO, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT
+            )
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def wait_serving(self, timeout_s: float = 300) -> ServiceChild:
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(self.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                assert self.process is not None and self.process.poll() is None, self.tail()
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return self
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        raise TimeoutError(f"{self.service} not SERVING within {timeout_s}s:\n{self.tail()}")
+
+    def kill(self, sig: signal.Signals = signal.SIGKILL) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=60)
+
+    def stop(self) -> int:
+        return self.kill(signal.SIGTERM)
+
+    def tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+def write_config(path: Path, settings: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return path
+
+
+def start_services(
+    services: Sequence[str], config: Path, logs: Path, env: dict[str, str], overrides: Sequence[str] = ()
+) -> dict[str, ServiceChild]:
+    """Start the services in parallel and wait until each one is SERVING."""
+    started = {
+        name: ServiceChild(name, config, logs / f"{name}.log", env, list(overrides)).start() for name in services
+    }
+    for process in started.values():
+        process.wait_serving()
+    return started

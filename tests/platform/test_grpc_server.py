@@ -1,0 +1,200 @@
+"""The gRPC server on the real checker, in this process: health, reflection, errors, deadlines, auth, TLS, metrics."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
+
+from lema.config import LemaSettings
+from lema.pipeline import Resources
+from lema.runtime.grpc_server import GrpcServer
+from lema.runtime.services import service_bindings
+from lema.runtime.settings import ServerSettings
+from lema.v1 import checker_pb2, checker_pb2_grpc
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def resources() -> Iterator[Resources]:
+    shared = Resources(LemaSettings())
+    yield shared
+    shared.close()
+
+
+def start(resources: Resources, **server: object) -> GrpcServer:
+    settings = ServerSettings.model_validate({"host": "127.0.0.1", "grpc_port": 0, "drain_delay_s": 0, **server})
+    grpc_server = GrpcServer(settings, service_bindings("checker", LemaSettings(), resources))
+    grpc_server.start()
+    return grpc_server
+
+
+@pytest.fixture(scope="module")
+def server(resources: Resources) -> Iterator[GrpcServer]:
+    started = start(resources, max_message_bytes=1024 * 1024)
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def checker(server: GrpcServer) -> Iterator[checker_pb2_grpc.CheckerServiceStub]:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield checker_pb2_grpc.CheckerServiceStub(channel)
+
+
+def test_check_and_check_batch_of_a_thousand_pairs(checker: checker_pb2_grpc.CheckerServiceStub) -> None:
+    reply = checker.Check(
+        checker_pb2.CheckRequest(response="so 6 + 12 = 18. The answer is 18", gold="18", task="gsm8k")
+    )
+    assert (reply.correct, reply.predicted, reply.reason) == (True, "18", "numeric_equal")
+    items = [
+        checker_pb2.CheckRequest(
+            response=f"Step 1: done.\nThe answer is {i if i % 3 else i + 1}", gold=str(i), task="gsm8k"
+        )
+        for i in range(1000)
+    ]
+    batch = checker.CheckBatch(checker_pb2.CheckBatchRequest(items=items), timeout=60)
+    assert len(batch.results) == 1000
+    assert [r.correct for r in batch.results] == [i % 3 != 0 for i in range(1000)]
+    assert (batch.results[3].correct, batch.results[3].predicted) == (False, "4")
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (checker_pb2.CheckRequest(response="The answer is 1", gold="1", task="chess"), "task: must be one of"),
+        (checker_pb2.CheckRequest(response="The answer is 1", gold=" ", task="gsm8k"), "gold: required"),
+    ],
+)
+def test_bad_requests_are_invalid_argument_naming_the_field(
+    checker: checker_pb2_grpc.CheckerServiceStub, request_: checker_pb2.CheckRequest, field: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        checker.Check(request_)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details().startswith(field)
+
+
+def test_a_bad_item_in_a_batch_is_named_by_its_index(checker: checker_pb2_grpc.CheckerServiceStub) -> None:
+    items = [checker_pb2.CheckRequest(response="1", gold="1", task="gsm8k")] * 3
+    items.append(checker_pb2.CheckRequest(response="1", gold="1", task=""))
+    with pytest.raises(grpc.RpcError) as raised:
+        checker.CheckBatch(checker_pb2.CheckBatchRequest(items=items))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == "items[3].task: must be one of gsm8k, math, mcq, got ''"
+
+
+def test_a_call_past_its_deadline_gets_deadline_exceeded(checker: checker_pb2_grpc.CheckerServiceStub) -> None:
+    symbolic = [
+        checker_pb2.CheckRequest(response=f"\\boxed{{\\sqrt{{{i}}}+1}}", gold=f"1+\\sqrt{{{i}}}", task="math")
+        for i in range(2, 400)
+    ]
+    with pytest.raises(grpc.RpcError) as raised:
+        checker.CheckBatch(checker_pb2.CheckBatchRequest(items=symbolic), timeout=0.05)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_messages_over_the_size_limit_are_refused(checker: checker_pb2_grpc.CheckerServiceStub) -> None:
+    huge = checker_pb2.CheckRequest(response="x" * (2 * 1024 * 1024), gold="1", task="gsm8k")
+    with pytest.raises(grpc.RpcError) as raised:
+        checker.Check(huge)
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_health_and_reflection(server: GrpcServer) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "lema.v1.CheckerService"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        (answer,) = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for s in answer.list_services_response.service}
+    assert {"lema.v1.CheckerService", "grpc.health.v1.Health"} <= names
+
+
+def test_calls_are_counted_by_service_method_and_code(checker: checker_pb2_grpc.CheckerServiceStub) -> None:
+    def count(code: str) -> float:
+        labels = {"service": "lema.v1.CheckerService", "method": "Check", "code": code}
+        return REGISTRY.get_sample_value("lema_rpc_requests_total", labels) or 0.0
+
+    before_ok, before_bad = count("OK"), count("INVALID_ARGUMENT")
+    checker.Check(checker_pb2.CheckRequest(response="The answer is 2", gold="2", task="gsm8k"))
+    with pytest.raises(grpc.RpcError):
+        checker.Check(checker_pb2.CheckRequest(response="The answer is 2", gold="2", task="nope"))
+    assert (count("OK"), count("INVALID_ARGUMENT")) == (before_ok + 1, before_bad + 1)
+
+
+def test_token_auth(resources: Resources, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEMA_GRPC_TOKEN", TOKEN)
+    secured = start(resources, auth="token")
+    request = checker_pb2.CheckRequest(response="The answer is 2", gold="2", task="gsm8k")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{secured.port}") as channel:
+            stub = checker_pb2_grpc.CheckerServiceStub(channel)
+            for metadata in [(), (("authorization", "Bearer wrong"),), (("authorization", TOKEN),)]:
+                with pytest.raises(grpc.RpcError) as raised:
+                    stub.Check(request, metadata=metadata)
+                assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert stub.Check(request, metadata=(("authorization", f"Bearer {TOKEN}"),)).correct
+            # Kubernetes probes carry no token: health stays open.
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        secured.stop()
+
+
+def test_token_auth_without_a_token_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LEMA_GRPC_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="LEMA_GRPC_TOKEN is empty"):
+        ServerSettings(auth="token").token()
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "tls.crt", tmp / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_tls(resources: Resources, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    secured = start(resources, tls_cert=cert, tls_key=key)
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(
+            f"127.0.0.1:{secured.port}", credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+        ) as channel:
+            reply = checker_pb2_grpc.CheckerServiceStub(channel).Check(
+                checker_pb2.CheckRequest(response="The answer is 2", gold="2", task="gsm8k"), timeout=10
+            )
+        assert reply.correct
+    finally:
+        secured.stop()
