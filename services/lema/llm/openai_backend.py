@@ -86,7 +86,13 @@ class OpenAIBackend:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result()
 
     async def _generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
-        return list(await asyncio.gather(*(self._request(request) for request in requests)))
+        tasks = [asyncio.ensure_future(self._request(request)) for request in requests]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:  # one request failed for good: the batch has failed, stop spending on the rest
+                task.cancel()
+            raise
 
     async def _request(self, request: GenerationRequest) -> list[Completion]:
         started = time.perf_counter()

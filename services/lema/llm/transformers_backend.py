@@ -78,19 +78,19 @@ class TransformersBackend:
         ]
         # Similar lengths share a batch to waste less on padding; results do not depend on the grouping.
         rows.sort(key=lambda row: len(row.prompt))
-        results: list[list[Completion | None]] = [[None] * request.n for request in requests]
         size = self._settings.batch_size
+        finished: dict[tuple[int, int], Completion] = {}
         started = time.perf_counter()
         with self._lock:
             for start in range(0, len(rows), size):
                 batch = rows[start : start + size]
                 for row, completion in zip(batch, self._generate_batch(batch), strict=True):
-                    results[row.request][row.sample] = completion
+                    finished[row.request, row.sample] = completion
         share = (time.perf_counter() - started) / max(len(requests), 1)
-        completed = [[c for c in samples if c is not None] for samples in results]
-        for samples in completed:
-            self._usage.add(samples, share)
-        return completed
+        results = [[finished[index, sample] for sample in range(request.n)] for index, request in enumerate(requests)]
+        for completions in results:
+            self._usage.add(completions, share)
+        return results
 
     def close(self) -> None:
         """Nothing to release beyond memory, which goes with the object."""
