@@ -8,7 +8,8 @@ Two sets of (response, gold) pairs, half right and half wrong:
 
 Math-Verify runs as its README shows, in this process with its own timeouts. lema runs `check_batch` with its pool
 of `--workers` processes (started and warmed before timing, as in a long-running service). Throughput ratio =
-lema checks/s / Math-Verify checks/s (targets: >= 20x numeric, >= 1x LaTeX). Latency is per single `check` call.
+lema checks/s / Math-Verify checks/s (targets: >= 20x numeric, >= 1x LaTeX). Latency is per single `check` call, on
+a second warm checker, so that its workers have cached nothing from the batch.
 
     python benchmarks/bench_checker.py [--workers 2] [--math-pairs 400]
 """
@@ -22,7 +23,8 @@ import random
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from math_verify import parse, verify
@@ -113,24 +115,23 @@ def percentile(values: list[float], share: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(share * 100) - 1]
 
 
-def compare(name: str, pairs: list[Pair], warm_up: list[Pair], task: Task, checker: Checker, target: float) -> None:
-    """Warm both sides on other pairs of the same kinds (a long-running service is warm), then time these."""
+def compare(name: str, pairs: list[Pair], warm_up: list[Pair], task: Task, workers: int, target: float) -> None:
+    """Both sides warm (a long-running service is) on other pairs of the same kinds, then timed on `pairs`."""
     for pair in warm_up:
         math_verify_check(pair)
-    checker.check_batch([CheckItem(response, gold, task) for response, gold in warm_up])
-    _forget_parsed_answers()
-    items = [CheckItem(response, gold, task) for response, gold in pairs]
     math_verify_s, math_verify_latencies = timed(math_verify_check, pairs)
-    started = time.perf_counter()
-    results = checker.check_batch(items)
-    lema_s = time.perf_counter() - started
-    _forget_parsed_answers()
-    _, lema_latencies = timed(lambda pair: checker.check(pair[0], pair[1], task), pairs)
+    items = [CheckItem(response, gold, task) for response, gold in pairs]
+    with _warm_checker(workers, warm_up, task) as checker:
+        started = time.perf_counter()
+        results = checker.check_batch(items)
+        lema_s = time.perf_counter() - started
+    with _warm_checker(workers, warm_up, task) as checker:  # fresh workers: nothing cached from the batch
+        _, lema_latencies = timed(lambda pair: checker.check(pair[0], pair[1], task), pairs)
     agree = sum(r.correct == math_verify_check(p) for r, p in zip(results, pairs, strict=True))
-    ratio = math_verify_s / lema_s
-    print(f"\n{name}: {len(pairs)} pairs, {sum(r.correct for r in results)} judged correct by lema")
     lema_rate, math_verify_rate = len(pairs) / lema_s, len(pairs) / math_verify_s
+    print(f"\n{name}: {len(pairs)} pairs, {sum(r.correct for r in results)} judged correct by lema")
     print(f"  throughput  lema {lema_rate:10.0f} checks/s   Math-Verify {math_verify_rate:8.0f} checks/s")
+    ratio = lema_rate / math_verify_rate
     print(f"  ratio       {ratio:.1f}x (target >= {target:g}x: {'met' if ratio >= target else 'NOT met'})")
     for label, latencies in (("lema", lema_latencies), ("Math-Verify", math_verify_latencies)):
         p50, p99 = percentile(latencies, 0.50) * 1e3, percentile(latencies, 0.99) * 1e3
@@ -138,10 +139,15 @@ def compare(name: str, pairs: list[Pair], warm_up: list[Pair], task: Task, check
     print(f"  verdicts    lema and Math-Verify agree on {agree}/{len(pairs)}")
 
 
-def _forget_parsed_answers() -> None:
-    """lema caches parsed gold answers (every sample of a question shares one); time each pass from cold."""
-    extract_gold.cache_clear()
-    parse_number.cache_clear()
+@contextmanager
+def _warm_checker(workers: int, warm_up: list[Pair], task: Task) -> Iterator[Checker]:
+    """A checker whose workers are up and warm, with lema's caches of parsed gold answers emptied (every sample of
+    a question shares one gold, but here each pair's gold must be parsed as if new)."""
+    with Checker(CheckerSettings(workers=workers)) as checker:
+        checker.check_batch([CheckItem(response, gold, task) for response, gold in warm_up])
+        extract_gold.cache_clear()
+        parse_number.cache_clear()
+        yield checker
 
 
 def main() -> None:
@@ -150,11 +156,10 @@ def main() -> None:
     parser.add_argument("--math-pairs", type=int, default=400)
     args = parser.parse_args()
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    with Checker(CheckerSettings(workers=args.workers)) as checker:
-        numeric = gsm8k_pairs(SHARED_DATA / "gsm8k_test.jsonl")
-        compare("GSM8K-style numeric pairs", numeric[200:], numeric[:200], "gsm8k", checker, 20)
-        latex = math_pairs(args.math_pairs, seed=1)
-        compare("MATH-style LaTeX pairs", latex, math_pairs(100, seed=0), "math", checker, 1)
+    numeric = gsm8k_pairs(SHARED_DATA / "gsm8k_test.jsonl")
+    compare("GSM8K-style numeric pairs", numeric[200:], numeric[:200], "gsm8k", args.workers, 20)
+    latex = math_pairs(args.math_pairs, seed=1)
+    compare("MATH-style LaTeX pairs", latex, math_pairs(100, seed=0), "math", args.workers, 1)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Does a response reach the gold answer? `Checker` decides, for one response or a batch.
 
-Each check first extracts both answers, then takes the cheapest rule that can decide: two numbers are compared
-exactly as fractions, identical normalised LaTeX is equal, multiple-choice answers are compared as letters or choice
-texts. Only MATH answers that none of these decide go to Math-Verify, in worker processes (`pool.py`).
+Each check first extracts both answers, then takes the cheapest rule that can decide: numbers (and tuples,
+intervals and sets of numbers) are compared exactly as fractions, identical normalised LaTeX is equal, multiple-choice
+answers are compared as letters or choice texts. Only MATH answers that none of these decide go to Math-Verify, in
+worker processes (`pool.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from types import TracebackType
 from lema.checker.choices import choice_letter, compare_choices, text_key
 from lema.checker.extract import compile_patterns, extract_answer, extract_gold
 from lema.checker.latex import normalize_latex
-from lema.checker.numbers import PercentPolicy, number_key, numbers_equal, parse_number
+from lema.checker.numbers import (
+    PercentPolicy,
+    number_key,
+    number_lists_equal,
+    numbers_equal,
+    parse_number,
+    parse_number_list,
+)
 from lema.checker.pool import SymbolicPool
 from lema.config import CheckerSettings
 from lema.records import Task
@@ -109,7 +117,8 @@ class Checker:
 
 
 def _compare_plain(gold: str, predicted: str, policy: PercentPolicy) -> tuple[bool, str] | None:
-    """The verdict when both answers are numbers or spell the same LaTeX; None when that does not decide."""
+    """The verdict when both answers are numbers, tuples/intervals/sets of numbers with the same brackets, or the
+    same LaTeX; None when none of these decides."""
     gold_number, predicted_number = parse_number(gold), parse_number(predicted)
     if gold_number and predicted_number:
         if numbers_equal(gold_number, predicted_number, policy):
@@ -117,6 +126,11 @@ def _compare_plain(gold: str, predicted: str, policy: PercentPolicy) -> tuple[bo
         if gold_number.magnitude == predicted_number.magnitude:
             return False, "percent_mismatch"
         return False, "numeric_mismatch"
+    gold_list, predicted_list = parse_number_list(gold), parse_number_list(predicted)
+    if gold_list and predicted_list:
+        same = number_lists_equal(gold_list, predicted_list, policy)
+        if same is not None:
+            return same, "numeric_equal" if same else "numeric_mismatch"
     normalized = normalize_latex(gold)
     if normalized and normalized == normalize_latex(predicted):
         return True, "string_equal"

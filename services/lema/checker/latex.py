@@ -14,7 +14,7 @@ _BOX_SEPARATOR = re.compile(
 )
 _SPACING = re.compile(r"\\[,!;: ]|\\(?:left|right|displaystyle|big|Big|bigg|Bigg)\b|~|\s+")
 _TEXT_COMMAND = re.compile(r"\\(?:textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)\{")
-_UNIT_SUFFIX = re.compile(r"(?<=[\w}.)])\s*\\text\{\s*[A-Za-z][A-Za-z .]*\}\s*$")
+_UNIT_SUFFIX = re.compile(r"(?<=[\w}.)%])\s*\\text\{\s*[A-Za-z][A-Za-z .]*\}\s*$")
 _DEGREES = re.compile(r"\^\s*\{?\\circ\}?|°|\\degree")
 
 

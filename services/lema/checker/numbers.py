@@ -12,6 +12,8 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Literal
 
+from lema.checker.latex import normalize_latex, strip_math_delimiters
+
 PercentPolicy = Literal["strict", "lenient"]
 
 # An unsigned decimal: '1,234.50' (thousands separators only in groups of three), '016', '.5'.
@@ -35,11 +37,10 @@ _WHOLE_NUMBER = re.compile(
 _PLAIN = re.compile(r"-?\d+(?:\.\d+)?")  # most answers: no parsing beyond this
 _MAX_LENGTH = 1_000  # longer text is not one plain number; it goes to the symbolic path or fails as text
 
-_LATEX_NOISE = re.compile(r"\\[,!;: ]|\\left|\\right|\\displaystyle|~|\s+")
-_UNIT_SUFFIX = re.compile(r"(?<=[\d}.%])\\(?:text|mbox|mathrm)\{[A-Za-z .]*\}$")
-_DEGREES = re.compile(r"\^\{?\\circ\}?|°|\\degree")
 _VARIABLE_PREFIX = re.compile(r"^[A-Za-z]=")
-_WRAPPER = re.compile(r"^(?:\\(?:text|mathrm|mbox|textbf|mathbf)\{(?P<text>[^{}]*)\}|\{(?P<group>[^{}]*)\})$")
+_BRACKETED = re.compile(r"\s*(?P<opening>\\\{|[(\[])(?P<inner>.*)(?P<closing>\\\}|[)\]])\s*", re.DOTALL)
+_THOUSANDS_GROUP = re.compile(r"\d{3}")  # right after a comma with no space: '1,000' (a space makes it a list)
+_GROUP = re.compile(r"\{([^{}]*)\}")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,50 @@ def parse_number(text: str) -> Number | None:
     return Number(-magnitude if match["sign"] == "-" else magnitude, percent=match["percent"] is not None)
 
 
+@dataclass(frozen=True)
+class NumberList:
+    """A tuple, interval or set of plain numbers: '(1, -2]', '\\{3, 1\\}', or a bare list '1, 2'.
+
+    `brackets` is the opening and closing pair: '()', '(]', '[)', '[]', '{}' for a set, '' for a bare list.
+    """
+
+    brackets: str
+    items: tuple[Number, ...]
+
+    @property
+    def unordered(self) -> bool:
+        return self.brackets in ("{}", "")
+
+
+def parse_number_list(text: str) -> NumberList | None:
+    """`text` as a list of two or more plain numbers, or None (also when a comma may be a thousands separator)."""
+    if len(text) > _MAX_LENGTH or "," not in text:
+        return None
+    bare = strip_math_delimiters(text).replace("\\left", "").replace("\\right", "")
+    listed = _BRACKETED.fullmatch(bare)
+    brackets = (listed["opening"][-1] + listed["closing"][-1]) if listed else ""
+    parts = (listed["inner"] if listed else bare).split(",")
+    if any(_THOUSANDS_GROUP.fullmatch(part) for part in parts[1:]):
+        return None  # '(1,000, 2)': a list of three, or of two?
+    items = tuple(number for number in map(parse_number, parts) if number is not None)
+    return NumberList(brackets, items) if len(items) == len(parts) >= 2 else None
+
+
+def number_lists_equal(gold: NumberList, predicted: NumberList, policy: PercentPolicy) -> bool | None:
+    """Same tuple, interval or set? None when the brackets differ, which Math-Verify's rules must settle."""
+    if gold.brackets != predicted.brackets and not (gold.unordered and predicted.unordered):
+        return None
+    if gold.unordered:
+        return _covers(gold.items, predicted.items, policy) and _covers(predicted.items, gold.items, policy)
+    return len(gold.items) == len(predicted.items) and all(
+        numbers_equal(g, p, policy) for g, p in zip(gold.items, predicted.items, strict=True)
+    )
+
+
+def _covers(these: tuple[Number, ...], those: tuple[Number, ...], policy: PercentPolicy) -> bool:
+    return all(any(numbers_equal(this, that, policy) for this in these) for that in those)
+
+
 def numbers_equal(gold: Number, predicted: Number, policy: PercentPolicy) -> bool:
     """Exact equality; under the lenient policy a percent sign may also be ignored ('50%' == '50')."""
     if gold.value == predicted.value:
@@ -112,15 +157,11 @@ def _exact(decimal: str) -> Fraction:
 
 
 def _simplify(text: str) -> str:
-    """Strip the LaTeX and prose that can surround a number, leaving e.g. '-$1,234.5%' as '-1,234.5%'."""
-    text = text.strip().replace("−", "-").replace("{,}", ",").replace("\\%", "%")
-    text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    text = _LATEX_NOISE.sub("", text)
-    text = text.strip("$").removeprefix("\\$").rstrip(".")
-    text = _DEGREES.sub("", _UNIT_SUFFIX.sub("", text))
+    """The number left when the LaTeX and prose around it are gone: '$x = -\\$1{,}234.5\\%$' -> '-1,234.5%'."""
+    text = normalize_latex(text.replace("−", "-"))
     text = _VARIABLE_PREFIX.sub("", text)
-    wrapped = _WRAPPER.fullmatch(text)
-    if wrapped:
-        text = wrapped["text"] if wrapped["text"] is not None else wrapped["group"]
-    sign = text[0] if text[:1] in ("-", "+") else ""
-    return sign + text[len(sign) :].removeprefix("\\$").removeprefix("$")
+    group = _GROUP.fullmatch(text)
+    if group:
+        text = group[1]
+    sign = text[:1] if text[:1] in ("-", "+") else ""
+    return sign + text[len(sign) :].removeprefix("\\$")
