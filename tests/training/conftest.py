@@ -63,9 +63,7 @@ def lema_examples(rows: list[dict[str, str]]) -> tuple[list[CotExample], list[Co
     return cot, corrections
 
 
-def write_datasets(
-    store: LocalStore, prefix: str, cot: list[CotExample], corrections: list[CorrectionExample]
-) -> None:
+def write_datasets(store: LocalStore, prefix: str, cot: list[CotExample], corrections: list[CorrectionExample]) -> None:
     store.put_bytes(f"{prefix}/cot.jsonl", "".join(e.model_dump_json() + "\n" for e in cot).encode())
     store.put_bytes(f"{prefix}/corrections.jsonl", "".join(e.model_dump_json() + "\n" for e in corrections).encode())
 
@@ -93,7 +91,9 @@ def train_small_tokenizer(texts: list[str], vocab_size: int) -> Any:
     bpe.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet))
+    bpe.train_from_iterator(
+        texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet)
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>",
         unk_token="<|endoftext|>",

@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import DATA_PREFIX, write_datasets
 
+from conftest import DATA_PREFIX, write_datasets
 from lema.records import CorrectionExample, CotExample
 from lema.store import LocalStore
 from lema.training.checkpoints import CheckpointStore
@@ -119,7 +119,9 @@ def test_killed_job_resumes_from_the_store_and_finishes(
     assert logged_rates == pytest.approx(_schedule(learning_rate=1e-3, warmup_ratio=0.03)[:last])
 
 
-def test_bad_dataset_line_is_named(tmp_path: Path, gsm8k_examples: tuple[list[CotExample], list[CorrectionExample]]) -> None:
+def test_bad_dataset_line_is_named(
+    tmp_path: Path, gsm8k_examples: tuple[list[CotExample], list[CorrectionExample]]
+) -> None:
     store = LocalStore(tmp_path)
     cot, corrections = gsm8k_examples
     write_datasets(store, "bad", cot[:2], corrections[:2])

@@ -83,8 +83,9 @@ class UploadCheckpoints(TrainerCallback):
     only when all have finished does rank 0 mark the checkpoint complete.
     """
 
-    def __init__(self, checkpoints: CheckpointStore, keep: int) -> None:
+    def __init__(self, checkpoints: CheckpointStore, local_dir: Path, keep: int) -> None:
         self.checkpoints = checkpoints
+        self.local_dir = local_dir
         self.keep = keep
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
@@ -93,7 +94,7 @@ class UploadCheckpoints(TrainerCallback):
             # The job saves the adapter next; a checkpoint with no steps left would only make a restart redo nothing.
             return
         if state.is_local_process_zero:
-            self.checkpoints.upload_files(Path(args.output_dir) / f"checkpoint-{step}", step)
+            self.checkpoints.upload_files(self.local_dir / f"checkpoint-{step}", step)
         _barrier()
         if state.is_world_process_zero:
             self.checkpoints.mark_complete(step)

@@ -50,10 +50,7 @@ class Accuracy:
         return self.correct / self.total if self.total else 0.0
 
     def __str__(self) -> str:
-        return (
-            f"accuracy {self.value:.1%} ({self.correct}/{self.total}), "
-            f"95% CI [{self.low:.1%}, {self.high:.1%}]"
-        )
+        return f"accuracy {self.value:.1%} ({self.correct}/{self.total}), 95% CI [{self.low:.1%}, {self.high:.1%}]"
 
 
 def accuracy(results: Sequence[ItemResult]) -> Accuracy:

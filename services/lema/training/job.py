@@ -112,8 +112,9 @@ class TrainingJob:
             if not settings.deepspeed.cpu_shm_comm and not torch.cuda.is_available():
                 _use_gloo_on_cpu()
         optim = settings.optim
+        local_checkpoints = settings.run.work_dir / "checkpoints"
         args = TrainingArguments(
-            output_dir=str(settings.run.work_dir / "checkpoints"),
+            output_dir=str(local_checkpoints),
             run_name=settings.run.name,
             seed=settings.run.seed,
             max_steps=optim.max_steps,
@@ -145,9 +146,9 @@ class TrainingJob:
             steps = checkpoints.complete_steps() if settings.checkpoints.resume else []
             if steps:
                 # One download per node; the node's other ranks read it once the first process leaves this block.
-                resume_from = Path(args.output_dir) / f"checkpoint-{steps[-1]}"
+                resume_from = local_checkpoints / f"checkpoint-{steps[-1]}"
                 if args.local_process_index == 0:
-                    checkpoints.download(steps[-1], Path(args.output_dir))
+                    checkpoints.download(steps[-1], local_checkpoints)
         features = tokenize_examples(tokenizer, data.examples, settings.data.max_length)
         metrics = TrainingMetrics(settings.metrics, settings.run.name)
         trainer = Trainer(
@@ -156,7 +157,7 @@ class TrainingJob:
             train_dataset=features,
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
             processing_class=tokenizer,
-            callbacks=[metrics, UploadCheckpoints(checkpoints, settings.checkpoints.keep)],
+            callbacks=[metrics, UploadCheckpoints(checkpoints, local_checkpoints, settings.checkpoints.keep)],
         )
         return cls(settings, store, trainer, data.sha256, metrics, checkpoints, resume_from)
 

@@ -8,6 +8,7 @@ pod resumes from the latest checkpoint in the store, so a retry costs at most on
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import PurePosixPath
@@ -129,9 +130,10 @@ def kubernetes_client() -> Any:
     from kubernetes import client, config
 
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()
+        # The client reads $KUBECONFIG once, at import; read it now so a changed environment counts.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
     return client.ApiClient()
 
 
@@ -156,8 +158,10 @@ def submit_job(
     from kubernetes.client.exceptions import ApiException
 
     submit = settings.submit
-    core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
-    custom = client.CustomObjectsApi(api_client)
+    # Typed as Any: the client takes plain manifests (dicts) wherever its signatures name model classes.
+    core: Any = client.CoreV1Api(api_client)
+    batch: Any = client.BatchV1Api(api_client)
+    custom: Any = client.CustomObjectsApi(api_client)
     try:
         core.create_namespaced_config_map(submit.namespace, config_map(settings))
         if submit.kind == "job":
@@ -167,7 +171,8 @@ def submit_job(
                 KUBEFLOW_GROUP, KUBEFLOW_VERSION, submit.namespace, PYTORCHJOB_PLURAL, pytorch_job(settings)
             )
     except ApiException as exc:
-        raise SubmitError(f"{submit.kind} {submit.namespace}/{submit.name}: {exc.status} {exc.reason}: {exc.body}")
+        where = f"{submit.kind} {submit.namespace}/{submit.name}"
+        raise SubmitError(f"{where}: {exc.status} {exc.reason}: {exc.body}") from None
     log.info("created %s %s/%s", submit.kind, submit.namespace, submit.name)
     if not follow:
         return None

@@ -48,17 +48,19 @@ def load_lora_model(settings: ModelSettings, lora: LoraSettings) -> Any:
     dtype = torch.bfloat16 if use_bf16() else torch.float32
     quantization = None
     if use_4bit(settings):
-        quantization = BitsAndBytesConfig(
+        quantization = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         resolve_model_dir(settings.name, settings.cache_dir), dtype=dtype, quantization_config=quantization
     )
     if quantization is not None:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=settings.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
+            model, use_gradient_checkpointing=settings.gradient_checkpointing
+        )
     elif settings.gradient_checkpointing:
         # Frozen embeddings give checkpointed blocks inputs without grad; they would then skip the backward pass.
         model.enable_input_require_grads()
