@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,10 @@ from typing import Any
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kafka import KafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
+from lema.bus.kafka import Delivery
 from lema.config import BusSettings
 from lema.runtime.infra import LocalBroker, LocalS3, free_port
 
@@ -40,6 +44,25 @@ def kafka_settings(broker: LocalBroker, namespace: str) -> dict[str, Any]:
 
 def bus_settings(broker: LocalBroker, namespace: str | None = None) -> BusSettings:
     return BusSettings(**kafka_settings(broker, namespace or f"t{next(_namespaces)}-{os.getpid()}"))
+
+
+def read_topics(settings: BusSettings, topics: Sequence[str], expected: int, timeout_s: float = 60) -> list[Delivery]:
+    """Everything on `topics` from the beginning (outside any group, so no join wait), until `expected` arrived."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+    names = [settings.topic_prefix + topic for topic in topics]
+    partitions = [TopicPartition(n, p) for n in names for p in sorted(consumer.partitions_for_topic(n) or ())]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    got: list[Delivery] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < expected and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                topic = tp.topic[len(settings.topic_prefix) :]
+                got += [Delivery(topic, tp.partition, r.offset, r.key, r.value, list(r.headers)) for r in records]
+    finally:
+        consumer.close()
+    return got
 
 
 def s3_env(s3: LocalS3) -> dict[str, str]:
@@ -97,6 +120,20 @@ class ServiceChild:
                     pass
                 time.sleep(0.2)
         raise TimeoutError(f"{self.service} not SERVING within {timeout_s}s:\n{self.tail()}")
+
+    def records_in(self) -> float:
+        """Records the service's stages have consumed so far, from its /metrics endpoint (0 until it answers)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            return 0.0
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "lema_stage_records_in"
+            for sample in family.samples
+        )
 
     def kill(self, sig: signal.Signals = signal.SIGKILL) -> int:
         assert self.process is not None

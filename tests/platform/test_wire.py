@@ -45,6 +45,7 @@ RECORDS = [
     Attempt(question=QUESTION, path=PATH),
     Attempt(question=QUESTION, path=PATH.model_copy(update={"answer": None, "verdict": None, "sample_index": 0})),
     CorrectedAttempt(question=QUESTION, path=PATH, correction=CORRECTION),
+    CorrectedAttempt(question=QUESTION, path=PATH, correction=CORRECTION.model_copy(update={"answer": None})),
     Drop(stage="correct", reason="no_incorrect_step", record_id="c-2", detail=""),
 ]
 

@@ -41,6 +41,7 @@ class Delivery:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: Headers
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ class KafkaInbox:
     def poll(self, timeout_s: float) -> list[Delivery]:
         polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
         return [
-            Delivery(tp.topic[len(self.prefix) :], tp.partition, r.offset, r.key, r.value)
+            Delivery(tp.topic[len(self.prefix) :], tp.partition, r.offset, r.key, r.value, list(r.headers or ()))
             for tp, records in polled.items()
             for r in records
         ]

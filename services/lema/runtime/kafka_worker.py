@@ -35,10 +35,16 @@ class _Item:
     record: Record
 
 
+@dataclass(frozen=True)
+class _DeadLetter:
+    source_topic: str
+    message: RawMessage
+
+
 @dataclass
 class _Outcome:
     messages: list[Message]
-    dead: list[RawMessage]
+    dead: list[_DeadLetter]
 
 
 def dead_letter(delivery: Delivery, prefix: str, group: str, error: str, attempts: int) -> RawMessage:
@@ -105,31 +111,30 @@ class KafkaWorker:
     # -- one batch (runs on the processing thread) -------------------------------------------------------------
     def _handle(self, deliveries: Sequence[Delivery]) -> None:
         by_topic: dict[str, list[_Item]] = {}
-        dead: list[RawMessage] = []
+        dead: list[_DeadLetter] = []
         for delivery in deliveries:
             try:
-                record = self._decode(delivery)
+                by_topic.setdefault(delivery.topic, []).append(_Item(delivery, self._decode(delivery)))
             except WireError as exc:
                 log.warning("%s: dead-lettering %s", self.worker.name, self._where(delivery, str(exc)))
                 dead.append(self._dead_letter(delivery, f"malformed message: {exc}", attempts=1))
-                continue
-            by_topic.setdefault(delivery.topic, []).append(_Item(delivery, record))
-        produced: list[Message] = []
+        produced: list[tuple[str, Message]] = []
         for topic, items in by_topic.items():
             stage = STAGE_OF.get((self.worker.name, topic), self.worker.name)
             started = time.perf_counter()
             outcome = self._process(topic, items)
             metrics.STAGE_BATCH_DURATION.labels(stage).observe(time.perf_counter() - started)
             metrics.STAGE_RECORDS_IN.labels(stage, topic).inc(len(items))
-            produced += outcome.messages
+            produced += [(stage, message) for message in outcome.messages]
             dead += outcome.dead
-        self.bus.publish(produced)
-        self.bus.publish_raw(dead)
-        for message in produced:
-            metrics.STAGE_RECORDS_OUT.labels(self.worker.name, message.topic).inc()
-        metrics.observe_outputs(produced)
+        self.bus.publish([message for _, message in produced])
+        self.bus.publish_raw([letter.message for letter in dead])
+        # Counted once the broker has acknowledged them.
+        for stage, message in produced:
+            metrics.STAGE_RECORDS_OUT.labels(stage, message.topic).inc()
+        metrics.observe_outputs(message for _, message in produced)
         for letter in dead:
-            metrics.DEAD_LETTERS.labels(self.group, letter.headers[1][1].decode()).inc()
+            metrics.DEAD_LETTERS.labels(self.group, letter.source_topic).inc()
 
     def _decode(self, delivery: Delivery) -> Record:
         record = decode(delivery.value)
@@ -162,8 +167,9 @@ class KafkaWorker:
             outcome.dead += single.dead
         return outcome
 
-    def _dead_letter(self, delivery: Delivery, error: str, attempts: int) -> RawMessage:
-        return dead_letter(delivery, self.settings.topic_prefix, self.group, error, attempts)
+    def _dead_letter(self, delivery: Delivery, error: str, attempts: int) -> _DeadLetter:
+        message = dead_letter(delivery, self.settings.topic_prefix, self.group, error, attempts)
+        return _DeadLetter(delivery.topic, message)
 
     def _where(self, delivery: Delivery, error: str) -> str:
         return f"{delivery.topic}[{delivery.partition}]@{delivery.offset}: {error}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 from prometheus_client.core import CounterMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
@@ -88,6 +88,7 @@ class LLMUsageCollector(Collector):
 
 def serve_metrics(host: str, port: int, backends: Callable[[], Mapping[str, LLMBackend]]) -> int:
     """Register the LLM usage collector and serve `/metrics` from a daemon thread; returns the bound port."""
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series: noise no dashboard reads
     REGISTRY.register(LLMUsageCollector(backends))
     httpd, _ = start_http_server(port, addr=host)
     return int(httpd.server_port)

@@ -29,9 +29,12 @@ SERVICE_INPUTS: Mapping[str, Sequence[str]] = {
 
 
 class FlowTracker:
-    def __init__(self, settings: BusSettings, store: ArtifactStore, run: str) -> None:
+    def __init__(
+        self, settings: BusSettings, store: ArtifactStore, run: str, services: Sequence[str] = tuple(SERVICE_INPUTS)
+    ) -> None:
+        """Track the run `run`, whose flow passes through `services` (all of them, unless a test runs only some)."""
         self.settings, self.store, self.run = settings, store, run
-        self.groups = {settings.group_prefix + name: topics for name, topics in SERVICE_INPUTS.items()}
+        self.groups = {settings.group_prefix + name: SERVICE_INPUTS[name] for name in services}
         self.records: dict[str, set[str]] = {topic: set() for topic in Topics.ALL}
         self._admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="lema-progress")
         self._consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)

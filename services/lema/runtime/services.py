@@ -230,7 +230,7 @@ class EvolverServicer(evolver_pb2_grpc.EvolverServiceServicer):
 
 def _seed_question(message: records_pb2.Question) -> Question:
     """The seed as a record; a client may leave out `id` (derived from the text) and `source` ('grpc')."""
-    fields = message_fields(message)
+    fields = message_fields(message, Question)
     fields.setdefault("source", "grpc")
     if "id" not in fields and isinstance(fields.get("text"), str) and fields.get("task") in TASKS:
         fields["id"] = Question.make_id(fields["text"], fields["task"], tuple(fields.get("choices", ())))

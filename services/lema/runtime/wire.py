@@ -8,7 +8,7 @@ A malformed message therefore fails with an error naming the field, whichever ru
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar, get_args
 
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
@@ -55,22 +55,37 @@ def _present_fields(model: BaseModel) -> dict[str, Any]:
 def from_message(message: ProtoMessage, model_cls: type[ModelT], where: str = "") -> ModelT:
     """Validate `message` as a `model_cls`; raises `WireError` naming the offending field (prefixed by `where`)."""
     try:
-        return model_cls.model_validate(message_fields(message))
+        return model_cls.model_validate(message_fields(message, model_cls))
     except ValidationError as exc:
         raise WireError(validation_summary(exc, where or model_cls.__name__)) from None
 
 
-def message_fields(message: ProtoMessage) -> dict[str, Any]:
-    """The fields `message` actually carries, as a plain dict (absent optionals and empty repeateds left out)."""
+def message_fields(message: ProtoMessage, model_cls: type[BaseModel]) -> dict[str, Any]:
+    """The fields of `message` as input for `model_cls`.
+
+    An absent field is left out, so the model applies its default or reports it missing; only a field the model
+    requires but allows to be None (`answer: str | None`) becomes None, because that is what its absence encodes.
+    """
     out: dict[str, Any] = {}
     for field in message.DESCRIPTOR.fields:
+        info = model_cls.model_fields.get(field.name)
         value = getattr(message, field.name)
         if field.is_repeated:
             if value:
-                out[field.name] = [message_fields(v) for v in value] if field.message_type else list(value)
-        elif not field.has_presence or message.HasField(field.name):
-            out[field.name] = message_fields(value) if field.message_type else value
+                out[field.name] = list(value)
+        elif field.has_presence and not message.HasField(field.name):
+            if info is not None and info.is_required() and type(None) in get_args(info.annotation):
+                out[field.name] = None
+        elif field.message_type is not None:
+            nested = info.annotation if info is not None else None
+            out[field.name] = message_fields(value, nested if _is_model(nested) else BaseModel)
+        else:
+            out[field.name] = value
     return out
+
+
+def _is_model(annotation: object) -> TypeGuard[type[BaseModel]]:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def validation_summary(exc: ValidationError, where: str) -> str:

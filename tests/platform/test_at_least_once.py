@@ -1,0 +1,125 @@
+"""SIGKILL workers mid-batch, again and again, then restart: the final dataset has no lost and no duplicated record."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from platform_testing import ServiceChild, bus_settings, s3_env, store_settings, write_config
+
+from lema.bus.base import Message, Topics
+from lema.bus.kafka import KafkaBus, ensure_topics
+from lema.config import StoreSettings
+from lema.records import Attempt, CorrectedAttempt, Correction, Question, ReasoningPath
+from lema.runtime.infra import LocalBroker, LocalS3
+from lema.runtime.progress import FlowTracker
+from lema.store import create_store
+
+QUESTIONS = 40
+PATHS_PER_QUESTION = 20
+
+
+def flow() -> tuple[list[Question], list[Attempt], list[CorrectedAttempt]]:
+    questions = [
+        Question.create(f"A farm has {i} cows and buys {i} more. How many cows?", str(2 * i), "gsm8k", f"f:{i}")
+        for i in range(1, QUESTIONS + 1)
+    ]
+    attempts = [
+        Attempt(
+            question=q,
+            path=ReasoningPath(
+                id=f"p-{q.id}-{k}",
+                question_id=q.id,
+                model="smollm2-135m",
+                sample_index=k,
+                prompt_version="sample-gsm8k@test",
+                text=f"Step 1: add.\nThe answer is {int(q.gold) + k % 3}",
+            ),
+        )
+        for q in questions
+        for k in range(PATHS_PER_QUESTION)
+    ]
+    corrections = [
+        CorrectedAttempt(
+            question=a.question,
+            path=a.path.model_copy(update={"verdict": "wrong"}),
+            correction=Correction(
+                id=f"c-{a.path.id}",
+                path_id=a.path.id,
+                question_id=a.question.id,
+                incorrect_step=1,
+                explanation="Added wrong.",
+                corrected_solution=f"The answer is {int(a.question.gold) + (a.path.sample_index % 2)}",
+                answer=None,
+                corrector_model="smollm2-135m",
+                prompt_version="correct-gsm8k@test",
+            ),
+        )
+        for a in attempts
+        if a.path.sample_index % 3 and a.path.sample_index < 8
+    ]
+    return questions, attempts, corrections
+
+
+def test_sigkill_mid_batch_loses_and_duplicates_nothing(
+    broker: LocalBroker, s3_credentials: LocalS3, tmp_path: Path, logs: Path
+) -> None:
+    s3 = s3_credentials
+    bus = bus_settings(broker)
+    settings = {
+        "run": {"name": "killed"},
+        "bus": bus.model_dump(),
+        "store": store_settings(s3, "at-least-once"),
+        "checker": {"workers": 1},
+    }
+    config = write_config(tmp_path / "config.yaml", settings)
+    ensure_topics(bus, Topics.ALL, partitions=4, replication_factor=1)
+    questions, attempts, corrections = flow()
+    producer = KafkaBus(bus, client_id="test-feed")
+    producer.publish([Message(Topics.QUESTIONS, q.key, q) for q in questions])
+
+    services = {
+        name: ServiceChild(name, config, logs / f"{name}.log", s3_env(s3)).start()
+        for name in ("checker", "dataset-writer")
+    }
+    chunks = [attempts[i : i + 100] for i in range(0, len(attempts), 100)]
+    kills = ["checker", "dataset-writer", "checker"]
+    for index, chunk in enumerate(chunks):
+        producer.publish([Message(Topics.PATHS, a.key, a) for a in chunk])
+        if index == 2:
+            producer.publish([Message(Topics.CORRECTIONS, c.key, c) for c in corrections])
+        if index < len(kills):
+            # Kill the victim as soon as it is seen working on this chunk: mid-stream, between polls and commits.
+            victim = services[kills[index]]
+            victim.wait_serving()
+            busy_since = victim.records_in()
+            while victim.records_in() == busy_since:
+                time.sleep(0.05)
+            assert victim.kill() == -9
+            services[victim.service] = ServiceChild(victim.service, config, victim.log, victim.env).start()
+    producer.close()
+    for service in services.values():
+        service.wait_serving()
+
+    store = create_store(StoreSettings.model_validate(settings["store"]))
+    tracker = FlowTracker(bus, store, "killed", services=("checker", "dataset-writer"))
+    try:
+        manifest = tracker.wait(timeout_s=240)
+        delivered = tracker.counts()
+    finally:
+        tracker.close()
+    for service in services.values():
+        assert service.stop() == 0, service.tail()
+
+    right = {a.path.id for a in attempts if a.path.text.endswith(f" {a.question.gold}")}
+    cot_ids = [json.loads(line)["id"] for line in store.get_bytes("killed/cot.jsonl").splitlines()]
+    assert len(cot_ids) == len(set(cot_ids)), "a record appears twice"
+    assert set(cot_ids) == right, f"lost {len(right - set(cot_ids))} records"
+    verified = {c.correction.id for c in corrections if c.correction.corrected_solution.endswith(f" {c.question.gold}")}
+    correction_ids = [json.loads(line)["id"] for line in store.get_bytes("killed/corrections.jsonl").splitlines()]
+    assert len(correction_ids) == len(set(correction_ids)) and set(correction_ids) == verified, manifest
+    assert manifest["records"]["mistakes"] == len(attempts) - len(right)
+    assert manifest["records"]["drops"] == len(corrections) - len(verified)
+    assert delivered[Topics.DLQ] == 0
+    assert "dataset-writer: restored" in services["dataset-writer"].tail(100_000)
