@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -85,30 +84,22 @@ def test_an_unknown_model_is_404_and_not_retried(server_url: str) -> None:
         remote.close()
 
 
+LEMA = str(Path(sys.executable).with_name("lema"))
+
+
 def test_lema_serve_llm_command_serves_a_configured_llm(model_cache: Path, tmp_path: Path) -> None:
     config = tmp_path / "lema.yaml"
     config.write_text(yaml.safe_dump({"llms": {"smollm2": {"model": "smollm2-135m", "cache_dir": str(model_cache)}}}))
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "services")}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lema.cli",
-            "serve-llm",
-            "--config",
-            str(config),
-            "--llm",
-            "smollm2",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    log = tmp_path / "serve-llm.log"
+    with log.open("wb") as output:
+        server = subprocess.Popen(
+            [LEMA, "serve-llm", "--config", str(config), "--llm", "smollm2", "--port", str(port)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        _wait_for_health(f"http://127.0.0.1:{port}", server)
+        _wait_for_health(f"http://127.0.0.1:{port}", server, log)
         remote = client_for(f"http://127.0.0.1:{port}")
         try:
             [[completion]] = remote.generate([ask("Say hello.", temperature=0.0, max_tokens=6)])
@@ -120,13 +111,9 @@ def test_lema_serve_llm_command_serves_a_configured_llm(model_cache: Path, tmp_p
         server.wait(timeout=30)
 
 
-def test_lema_serve_llm_rejects_an_unknown_llm_name(tmp_path: Path) -> None:
+def test_lema_serve_llm_rejects_an_unknown_llm_name() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "lema.cli", "serve-llm", "--llm", "nope"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        [LEMA, "serve-llm", "--llm", "nope"], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 2
     assert "no LLM 'nope'" in result.stderr
@@ -141,14 +128,14 @@ def _free_port() -> int:
         return port
 
 
-def _wait_for_health(url: str, process: subprocess.Popen[bytes]) -> None:
+def _wait_for_health(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"lema serve-llm exited {process.returncode}: {process.stderr.read()!r}")  # type: ignore[union-attr]
+            raise AssertionError(f"lema serve-llm exited {process.returncode}:\n{log.read_text()}")
         try:
             if httpx.get(f"{url}/health").status_code == 200:
                 return
         except httpx.TransportError:
             time.sleep(0.2)
-    raise AssertionError("lema serve-llm did not become healthy within 120 s")
+    raise AssertionError(f"lema serve-llm did not become healthy within 120 s:\n{log.read_text()}")
