@@ -121,8 +121,8 @@ class ServiceChild:
                 time.sleep(0.2)
         raise TimeoutError(f"{self.service} not SERVING within {timeout_s}s:\n{self.tail()}")
 
-    def records_in(self) -> float:
-        """Records the service's stages have consumed so far, from its /metrics endpoint (0 until it answers)."""
+    def metric(self, family: str, **labels: str) -> float:
+        """The sum of a metric family's samples (matching `labels`) on the service's /metrics; 0 until it answers."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as response:
                 text = response.read().decode()
@@ -130,9 +130,10 @@ class ServiceChild:
             return 0.0
         return sum(
             sample.value
-            for family in text_string_to_metric_families(text)
-            if family.name == "lema_stage_records_in"
-            for sample in family.samples
+            for parsed in text_string_to_metric_families(text)
+            if parsed.name == family
+            for sample in parsed.samples
+            if sample.name.endswith("_total") and labels.items() <= sample.labels.items()
         )
 
     def kill(self, sig: signal.Signals = signal.SIGKILL) -> int:

@@ -30,6 +30,7 @@ log = logging.getLogger("lema")
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)  # "task ran for 0.11s" chatter
 
 
 def _load(config: Path | None, overrides: list[str] | None) -> ServiceSettings:

@@ -21,6 +21,9 @@ from lema.pipeline import CheckerWorker, CorrectorWorker, DatasetWriterWorker, E
 from lema.runtime.wire import WireError, decode
 from lema.store.base import ArtifactStore
 
+QUIET_S = 1.0
+"""How long the tail must read nothing new before the flow can count as settled."""
+
 SERVICE_INPUTS: Mapping[str, Sequence[str]] = {
     worker.name: list(worker.inputs)
     for worker in (SamplerWorker, CheckerWorker, CorrectorWorker, EvolverWorker, DatasetWriterWorker)
@@ -37,7 +40,9 @@ class FlowTracker:
         self.groups = {settings.group_prefix + name: SERVICE_INPUTS[name] for name in services}
         self.records: dict[str, set[str]] = {topic: set() for topic in Topics.ALL}
         self._admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="lema-progress")
-        self._consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, fetch_max_wait_ms=100
+        )
         self._partitions = [
             TopicPartition(settings.topic_prefix + topic, partition)
             for topic in Topics.ALL
@@ -47,9 +52,9 @@ class FlowTracker:
         self._consumer.seek_to_beginning(*self._partitions)
         self._last_ends: dict[TopicPartition, int] | None = None
 
-    def update(self, timeout_s: float = 0.2) -> None:
-        """Read everything new on every topic; only records that decode are counted."""
-        while polled := self._consumer.poll(timeout_ms=int(timeout_s * 1000)):
+    def update(self, quiet_s: float = 0.2) -> None:
+        """Read every topic until `quiet_s` pass without a new message; only records that decode are counted."""
+        while polled := self._consumer.poll(timeout_ms=int(quiet_s * 1000)):
             for tp, messages in polled.items():
                 topic = tp.topic[len(self.settings.topic_prefix) :]
                 for message in messages:
@@ -69,10 +74,15 @@ class FlowTracker:
         return manifest
 
     def settled(self) -> bool:
-        self.update()
+        """Nothing in flight: every group has committed everything, and the manifest counts every record."""
+        committed = self._admin.list_group_offsets({group: None for group in self.groups})
+        # Read on until fetches sent after the commits were read come back empty: whatever a group produced
+        # before committing is then behind the tail's position, so a commit cannot hide its own outputs.
+        self.update(quiet_s=QUIET_S)
         ends = {tp: self._consumer.position(tp) for tp in self._partitions}
         steady, self._last_ends = ends == self._last_ends, ends
-        committed = self._admin.list_group_offsets({group: None for group in self.groups})
+        if not steady:
+            return False
         for group, topics in self.groups.items():
             offsets = committed.get(group, {})
             for tp in self._partitions:
@@ -81,10 +91,7 @@ class FlowTracker:
                     if (done.offset if done is not None else 0) < ends[tp]:
                         return False
         manifest = self.manifest()
-        if manifest is None:
-            return False
-        written = manifest["records"]
-        return steady and all(written[topic] == len(self.records[topic]) for topic in written)
+        return manifest is not None and all(n == len(self.records[t]) for t, n in manifest["records"].items())
 
     def wait(self, timeout_s: float, on_progress: Callable[[dict[str, int]], None] | None = None) -> dict[str, Any]:
         """Block until the flow has settled; returns the final manifest. Raises `TimeoutError` naming the counts."""
@@ -94,7 +101,6 @@ class FlowTracker:
                 on_progress(self.counts())
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the flow did not settle within {timeout_s:.0f}s; records so far: {self.counts()}")
-            time.sleep(0.5)
         manifest = self.manifest()
         assert manifest is not None
         return manifest

@@ -1,0 +1,243 @@
+"""Platform overhead, measured in one run on this machine (a local Tansu broker; nothing else needed).
+
+1. gRPC `CheckerService.Check` latency, p50 and p99, at concurrency 1 and 64: a `lema serve checker` process and an
+   asyncio client with that many calls in flight.
+2. Per-stage Kafka throughput (messages/s) as a ratio to calling the same stage directly (target >= 0.9). The LLM
+   stages use the replay backend, so the ratio measures the broker, serialisation and commits, not an LLM. The
+   recording they replay is made first by journaling a template backend that writes well-formed completions
+   (solutions, corrections, new questions) whose numbers vary with each request's seed.
+
+    python benchmarks/bench_platform.py [--messages 1500] [--batch-size 64] [--calls 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lema.bus.base import Message, Topics
+from lema.bus.kafka import KafkaBus, ensure_topics
+from lema.config import BusSettings, LemaSettings, LLMSettings
+from lema.inputs import load_questions
+from lema.llm.base import Completion, GenerationRequest, TokenUsage
+from lema.llm.journal import JournaledBackend
+from lema.pipeline import Resources, build_worker
+from lema.records import Record
+from lema.runtime.infra import LocalBroker, free_port
+from lema.runtime.kafka_worker import KafkaWorker
+from lema.v1 import checker_pb2, checker_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO.parent / "shared" / "data" / "gsm8k_train.jsonl"
+
+
+PLACES = ("A school", "A museum", "The old hotel", "A farm house", "Our library", "The castle", "A ship")
+THINGS = ("chairs", "paintings", "lamps", "cats", "plants", "clocks", "boxes", "windows", "rugs", "beds", "toys")
+
+
+class TemplateBackend:
+    """Writes the recording only: a solution/correction/new question per request, numbers drawn from its seed."""
+
+    model = "template"
+
+    def __init__(self) -> None:
+        self.usage = TokenUsage()
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        return [[self._complete(r, i) for i in range(r.n)] for r in requests]
+
+    def _complete(self, request: GenerationRequest, sample: int) -> Completion:
+        system = request.messages[0].content
+        n = (request.params.seed + sample) % 97
+        if "New problem" in system:
+            place, thing = PLACES[n % len(PLACES)], THINGS[n // len(PLACES) % len(THINGS)]
+            text = f"New problem: {place} has {n + 3} rooms with {n % 9 + 2} {thing} in each room. How many {thing}?"
+        elif "Incorrect Step" in system:
+            text = (
+                "Incorrect Step: Step 1\nExplanation: The product is wrong.\n"
+                f"Correct Solution:\nStep 1: {n} * 2 = {2 * n}.\nThe answer is {2 * n}"
+            )
+        else:
+            text = f"Step 1: Multiply {n} by 2 to get {2 * n}.\nStep 2: Nothing else is needed.\nThe answer is {2 * n}"
+        return Completion(text=text, prompt_tokens=120, completion_tokens=40)
+
+    def close(self) -> None:
+        pass
+
+
+def settings_for(recording: Path) -> LemaSettings:
+    replay = LLMSettings(backend="replay", model="template", recording=recording)
+    return LemaSettings.model_validate(
+        {
+            "llms": {"bench": replay.model_dump()},
+            "sample": {"models": ["bench"], "samples_per_model": 2},
+            "correct": {"model": "bench"},
+            "evolve": {"model": "bench", "rounds": 1, "questions_per_seed": 1, "votes": 3},
+        }
+    )
+
+
+STAGES = [  # stage, worker, input topic, topic its benchmark inputs are taken from
+    ("sample", "sampler", Topics.QUESTIONS, Topics.QUESTIONS),
+    ("check", "checker", Topics.PATHS, Topics.PATHS),
+    ("correct", "corrector", Topics.MISTAKES, Topics.MISTAKES),
+    ("verify", "checker", Topics.CORRECTIONS, Topics.CORRECTIONS),
+    # Every correction as a seed, verified or not: the template's corrections rarely match gold.
+    ("evolve", "evolver", Topics.VERIFIED, Topics.CORRECTIONS),
+]
+
+
+def stage_inputs(messages: int, recording: Path) -> dict[str, list[Record]]:
+    """Every stage's input records, made by running the flow once directly while journaling the recording."""
+    settings = settings_for(recording)
+    template = JournaledBackend(TemplateBackend(), recording)
+    resources = Resources(settings, backend_factory=lambda name, _: template)
+    questions: list[Record] = list(load_questions(TRAIN, "gsm8k", limit=messages // 2))
+    flowed: dict[str, list[Record]] = {Topics.QUESTIONS: questions}
+    stage_records: dict[str, list[Record]] = {}
+    for stage, worker_name, topic, source in STAGES:
+        worker = build_worker(worker_name, settings, resources)
+        stage_records[stage] = flowed[source][:messages]
+        for output in worker.process(topic, stage_records[stage]):
+            flowed.setdefault(output.topic, []).append(output.record)
+    resources.close()
+    return stage_records
+
+
+def warmed(settings: LemaSettings) -> Resources:
+    """Resources with the replay backend loaded and the checker's workers started, so no run pays for them."""
+    resources = Resources(settings)
+    resources.llm("bench")
+    _ = resources.checker
+    return resources
+
+
+def direct(worker_name: str, topic: str, records: list[Record], settings: LemaSettings, batch: int) -> float:
+    resources = warmed(settings)
+    worker = build_worker(worker_name, settings, resources)
+    start = time.perf_counter()
+    for i in range(0, len(records), batch):
+        worker.process(topic, records[i : i + batch])
+    seconds = time.perf_counter() - start
+    resources.close()
+    return len(records) / seconds
+
+
+def through_kafka(
+    worker_name: str, topic: str, records: list[Record], settings: LemaSettings, bus: BusSettings
+) -> float:
+    """Steady state: the clock starts once the group has joined and the first batch is done."""
+    ensure_topics(bus, Topics.ALL, partitions=4, replication_factor=1)
+    producer = KafkaBus(bus, client_id="bench-feed")
+    producer.publish([Message(topic, r.key, r) for r in records])  # type: ignore[attr-defined]
+    producer.close()
+    resources = warmed(settings)
+    kafka = KafkaWorker(build_worker(worker_name, settings, resources), bus, client_id=f"bench-{worker_name}")
+    first = 0
+    while first == 0:
+        first = kafka.step(0.2)
+    consumed, start = first, time.perf_counter()
+    while consumed < len(records):
+        consumed += kafka.step(0.2)
+    seconds = time.perf_counter() - start
+    kafka.close()
+    resources.close()
+    return (len(records) - first) / seconds
+
+
+def kafka_table(broker: LocalBroker, messages: int, batch: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        recording = Path(tmp) / "recording.jsonl"
+        inputs = stage_inputs(messages, recording)
+        settings = settings_for(recording)
+        print(f"\nKafka stage throughput ({batch} messages per batch, replayed LLM)")
+        print(f"{'stage':<8} {'messages':>8} {'direct msg/s':>13} {'kafka msg/s':>12} {'ratio':>6}")
+        for index, (stage, worker_name, topic, _) in enumerate(STAGES):
+            records = inputs[stage]
+            bus = BusSettings(
+                kind="kafka",
+                bootstrap_servers=broker.bootstrap_servers,
+                topic_prefix=f"bench{index}.",
+                group_prefix=f"bench{index}-",
+                batch_size=batch,
+                max_poll_interval_ms=6000,
+                session_timeout_ms=6000,
+            )
+            via_kafka = through_kafka(worker_name, topic, records, settings, bus)
+            baseline = direct(worker_name, topic, records, settings, batch)
+            ratio = via_kafka / baseline
+            print(f"{stage:<8} {len(records):>8} {baseline:>13.0f} {via_kafka:>12.0f} {ratio:>6.2f}")
+
+
+async def _latencies(target: str, concurrency: int, calls: int) -> list[float]:
+    request = checker_pb2.CheckRequest(response="Step 1: 6 * 3 = 18.\nThe answer is 18", gold="18", task="gsm8k")
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = checker_pb2_grpc.CheckerServiceStub(channel)
+        for _ in range(50):  # warm-up
+            await stub.Check(request)
+
+        async def caller(count: int) -> None:
+            for _ in range(count):
+                start = time.perf_counter()
+                await stub.Check(request, timeout=30)
+                latencies.append(time.perf_counter() - start)
+
+        await asyncio.gather(*(caller(calls // concurrency) for _ in range(concurrency)))
+    return latencies
+
+
+def grpc_table(calls: int) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "lema.cli", "serve", "checker", "--set", f"server.grpc_port={port}"]
+    command += ["--set", f"server.metrics_port={free_port()}", "--set", "server.host=127.0.0.1"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ)
+    target = f"127.0.0.1:{port}"
+    try:
+        with grpc.insecure_channel(target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    break
+                except grpc.RpcError:
+                    time.sleep(0.2)
+        print(f"\ngRPC CheckerService.Check latency ({calls} calls per row, `lema serve checker` in its own process)")
+        print(f"{'concurrency':>11} {'p50 ms':>8} {'p99 ms':>8} {'calls/s':>8}")
+        for concurrency in (1, 64):
+            start = time.perf_counter()
+            latencies = sorted(asyncio.run(_latencies(target, concurrency, calls)))
+            rate = len(latencies) / (time.perf_counter() - start)
+            p50 = statistics.median(latencies) * 1000
+            p99 = latencies[int(0.99 * (len(latencies) - 1))] * 1000
+            print(f"{concurrency:>11} {p50:>8.2f} {p99:>8.2f} {rate:>8.0f}")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=1500, help="input messages per stage")
+    parser.add_argument("--batch-size", type=int, default=64, help="messages per Kafka batch and per direct call")
+    parser.add_argument("--calls", type=int, default=2000, help="gRPC calls per concurrency level")
+    args = parser.parse_args()
+    grpc_table(args.calls)
+    with LocalBroker() as broker:
+        kafka_table(broker, args.messages, args.batch_size)
+
+
+if __name__ == "__main__":
+    main()
