@@ -75,6 +75,8 @@ def up_command(
     s3_endpoint: Annotated[str | None, typer.Option(help="MinIO/S3 endpoint (host:port).")] = None,
     grpc_port: Annotated[int, typer.Option(help="First gRPC port; services get consecutive ports.")] = 50051,
     metrics_port: Annotated[int, typer.Option(help="First /metrics port; services get consecutive ports.")] = 9400,
+    kafka_port: Annotated[int, typer.Option(help="Port of the --embedded-infra broker.")] = 9092,
+    s3_port: Annotated[int, typer.Option(help="Port of the --embedded-infra S3 server.")] = 9000,
 ) -> None:
     """Start every service as a separate local process against Kafka and MinIO; Ctrl-C stops them all."""
     from lema.runtime.infra import LocalBroker, LocalS3
@@ -87,7 +89,7 @@ def up_command(
     wiring = ["bus.kind=kafka"]
     try:
         if embedded_infra:
-            broker, s3 = LocalBroker(), LocalS3()
+            broker, s3 = LocalBroker(port=kafka_port), LocalS3(port=s3_port)
             infra += [broker, s3]
             bootstrap_servers, s3_endpoint = bootstrap_servers or broker.bootstrap_servers, s3_endpoint or s3.endpoint
             env.setdefault("LEMA_S3_ACCESS_KEY", s3.access_key)
@@ -112,6 +114,10 @@ def up_command(
                 grpc_port + index,
                 metrics_port + index,
             )
+        credentials = [f"{k}={env[k]}" for k in ("LEMA_S3_ACCESS_KEY", "LEMA_S3_SECRET_KEY") if embedded_infra]
+        submit = " ".join([*credentials, "lema submit QUESTIONS.jsonl", *(["--config", str(config)] if config else [])])
+        submit += "".join(f" --set {setting}" for setting in [*wiring, *(overrides or [])])
+        log.info("all services started; feed them with:\n  %s", submit)
         _supervise(children)
     finally:
         for part in infra:
