@@ -107,19 +107,9 @@ class ServiceChild:
         return f"127.0.0.1:{self.grpc_port}"
 
     def wait_serving(self, timeout_s: float = 300) -> ServiceChild:
-        deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(self.target) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                assert self.process is not None and self.process.poll() is None, self.tail()
-                try:
-                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return self
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        raise TimeoutError(f"{self.service} not SERVING within {timeout_s}s:\n{self.tail()}")
+        assert self.process is not None
+        wait_serving(self.target, self.process, self.log, timeout_s)
+        return self
 
     def metric(self, family: str, **labels: str) -> float:
         """The sum of a metric family's samples (matching `labels`) on the service's /metrics; 0 until it answers."""
@@ -147,6 +137,23 @@ class ServiceChild:
 
     def tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+def wait_serving(target: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 300) -> None:
+    """Until the server at `target` reports SERVING; fails with the log's tail if `process` exits first."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text(errors="replace")[-4000:]
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"{target} not SERVING within {timeout_s}s:\n{log.read_text(errors='replace')[-4000:]}")
 
 
 def write_config(path: Path, settings: dict[str, Any]) -> Path:

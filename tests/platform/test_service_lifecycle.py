@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -10,8 +12,9 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from platform_testing import REPO, ServiceChild, write_config
+from platform_testing import REPO, ServiceChild, wait_serving, write_config
 
+from lema.runtime.infra import free_port
 from lema.v1 import checker_pb2, checker_pb2_grpc
 
 
@@ -73,3 +76,50 @@ def test_bad_configuration_fails_fast_naming_the_field(tmp_path: Path) -> None:
         timeout=60,
     )
     assert unknown.returncode == 2 and "unknown service 'painter'" in unknown.stderr
+
+
+def free_port_block(size: int) -> int:
+    """The first of `size` consecutive free loopback ports."""
+    for _ in range(100):
+        base = random.randint(20_000, 60_000)
+        sockets = []
+        try:
+            for port in range(base, base + size):
+                probe = socket.socket()
+                sockets.append(probe)
+                probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for probe in sockets:
+                probe.close()
+    raise RuntimeError(f"no {size} consecutive free ports")
+
+
+def test_up_runs_every_service_on_local_infrastructure_until_interrupted(tmp_path: Path) -> None:
+    recording = tmp_path / "recording.jsonl"
+    recording.write_text("")  # a replay LLM loads at once: this test is about processes, not models
+    config = write_config(
+        tmp_path / "up.yaml",
+        {
+            "llms": {"smollm2": {"backend": "replay", "recording": str(recording)}},
+            "bus": {"max_poll_interval_ms": 6000, "session_timeout_ms": 6000},
+        },
+    )
+    grpc_base, metrics_base = free_port_block(5), free_port_block(5)
+    command = [sys.executable, "-m", "lema.cli", "up", "--embedded-infra", "--config", str(config)]
+    command += ["--grpc-port", str(grpc_base), "--metrics-port", str(metrics_base)]
+    command += ["--kafka-port", str(free_port()), "--s3-port", str(free_port())]
+    log = tmp_path / "up.log"
+    with log.open("wb") as output:
+        up = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        for port in range(grpc_base, grpc_base + 5):
+            wait_serving(f"127.0.0.1:{port}", up, log, timeout_s=180)
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=120) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "all services started; feed them with" in text and "lema submit QUESTIONS.jsonl" in text
+    assert text.count(": stopped") == 5

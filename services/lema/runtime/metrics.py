@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from lema.bus.base import Message, Topics
 from lema.llm.base import LLMBackend
 from lema.records import Attempt, CorrectedAttempt, Drop
+from lema.stages.verify import STAGE as VERIFY_STAGE
 
 RPC_REQUESTS = Counter(
     "lema_rpc_requests_total",
@@ -57,10 +58,12 @@ def observe_outputs(messages: Iterable[Message]) -> None:
         record = message.record
         if isinstance(record, Attempt) and record.path.verdict is not None:
             CHECKER_VERDICTS.labels(record.path.verdict).inc()
-        elif isinstance(record, CorrectedAttempt) and message.topic in (Topics.VERIFIED, Topics.DROPS):
-            CORRECTIONS.labels("verified" if record.correction.verified else "rejected").inc()
+        elif isinstance(record, CorrectedAttempt) and message.topic == Topics.VERIFIED:
+            CORRECTIONS.labels("verified").inc()
         elif isinstance(record, Drop):
             DROPS.labels(record.stage, record.reason).inc()
+            if record.stage == VERIFY_STAGE:
+                CORRECTIONS.labels("rejected").inc()
 
 
 class LLMUsageCollector(Collector):
