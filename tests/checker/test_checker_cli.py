@@ -106,17 +106,20 @@ def test_a_malformed_line_stops_before_any_output_and_names_the_line(tmp_path: P
 
 def test_skip_bad_reports_each_malformed_line_in_place(tmp_path: Path) -> None:
     source = _write(tmp_path / "in.jsonl", ["", *BAD_ROWS])
+    with source.open("ab") as appended:
+        appended.write(b'{"response": "caf\xe9", "gold": "1"}\n')
     result = RUNNER.invoke(app, ["check", "--task", "gsm8k", "--input", str(source), "--skip-bad"])
     assert result.exit_code == 0, result.output
     lines = _lines(result.stdout)
-    assert [line["reason"] for line in lines] == ["numeric_equal", *["bad_input"] * 5, "numeric_mismatch"]
-    errors = [line["error"] for line in lines[1:-1]]
+    assert [line["reason"] for line in lines] == ["numeric_equal", *["bad_input"] * 5, "numeric_mismatch", "bad_input"]
+    errors = [line["error"] for line in lines[1:-2]] + [lines[-1]["error"]]
     assert errors == [
         f"{source}:3: invalid JSON: Expecting property name enclosed in double quotes (column 2)",
         f"{source}:4: expected a JSON object, got list",
         f"{source}:5: missing field 'response'",
         f"{source}:6: field 'gold': expected a string, got list",
         f"{source}:7: field 'choices' is only for --task mcq (this is --task gsm8k)",
+        f"{source}:9: not UTF-8 text (byte 17: invalid continuation byte)",
     ]
 
 

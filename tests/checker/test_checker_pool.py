@@ -80,13 +80,28 @@ def test_workers_that_died_idle_are_replaced_before_use(quick_checker: Checker) 
     warm(quick_checker)
 
 
-def test_close_stops_the_workers_and_refuses_new_symbolic_checks() -> None:
-    checker = Checker(CheckerSettings(workers=1))
+def test_close_stops_the_workers_and_frees_every_waiting_thread() -> None:
+    checker = Checker(CheckerSettings(workers=1, timeout_s=60))
     assert checker.check("\\boxed{x+1}", "1+x", "math").correct
     template = checker._pool._template
     assert template is not None
     pids = [worker._pid for worker in checker._pool._workers] + [template._process.pid]
+    outcomes: list[str] = []
+
+    def slow_check() -> None:
+        try:
+            outcomes.append(checker.check("\\boxed{(x+1)^{2000}}", "(x+2)^{2000}", "math").reason)
+        except RuntimeError as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=slow_check) for _ in range(3)]  # one busy on the worker, two waiting for it
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
     checker.close()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(outcomes) == ["checker_error", "the checker is closed", "the checker is closed"]
     while any(_running(pid) for pid in pids):
         time.sleep(0.01)
     with pytest.raises(RuntimeError, match="closed"):

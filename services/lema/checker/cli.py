@@ -68,8 +68,12 @@ def check_command(
             results = iter(checker.check_batch(items))
             for request in chunk:
                 if isinstance(request, BadLine):
-                    line: dict[str, Any] = {"correct": False, "predicted": None, "reason": "bad_input"}
-                    line["error"] = str(request)
+                    line: dict[str, Any] = {
+                        "correct": False,
+                        "predicted": None,
+                        "reason": "bad_input",
+                        "error": str(request),
+                    }
                 else:
                     result = next(results)
                     line = {"correct": result.correct, "predicted": result.predicted, "reason": result.reason}
@@ -79,11 +83,16 @@ def check_command(
 
 def read_requests(path: Path, task: Task) -> Iterator[CheckItem | BadLine]:
     """Each non-blank line as a `CheckItem`, or as a `BadLine` saying what is wrong with it."""
-    with path.open(encoding="utf-8", errors="replace") as lines:
-        for number, text in enumerate(lines, start=1):
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            where = f"{path}:{number}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield BadLine(f"{where}: not UTF-8 text (byte {exc.start}: {exc.reason})")
+                continue
             if not text.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 fields = _fields(text, task, where)
             except BadLine as exc:

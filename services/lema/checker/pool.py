@@ -102,7 +102,7 @@ class SymbolicPool:
     def __init__(self, workers: int, timeout_s: float) -> None:
         self._size = workers
         self._timeout_s = timeout_s
-        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._idle: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()  # None: closed, wake the next waiter
         self._workers: set[_Worker] = set()
         self._template: _Template | None = None
         self._lock = threading.Lock()
@@ -125,6 +125,7 @@ class SymbolicPool:
             self._closed = True
             workers, self._workers = self._workers, set()
             template, self._template = self._template, None
+        self._idle.put(None)
         for worker in workers:
             worker.stop()
         if template is not None:
@@ -138,11 +139,14 @@ class SymbolicPool:
                 self._template = _Template()
                 for _ in range(self._size):
                     self._idle.put(self._start_worker())
-        worker = self._idle.get()
-        while not worker.alive:  # died while idle (killed from outside, out of memory): replace it unasked
-            self._give_back(worker, healthy=False)
+        while True:
             worker = self._idle.get()
-        return worker
+            if worker is None:  # closed while this thread waited
+                self._idle.put(None)
+                raise RuntimeError("the checker is closed")
+            if worker.alive:
+                return worker
+            self._give_back(worker, healthy=False)  # died while idle (killed, out of memory): replace it unasked
 
     def _give_back(self, worker: _Worker, healthy: bool) -> None:
         """Return a worker to the idle queue, or, if it hung or died, stop it and queue a fresh one instead."""
