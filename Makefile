@@ -25,11 +25,20 @@ test: $(STAMP) lint typecheck
 	$(VENV)/bin/pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check services tests training_job benchmarks examples
-	$(VENV)/bin/ruff format --check services tests training_job benchmarks examples
+	$(VENV)/bin/ruff check services tests training_job benchmarks examples scripts docker
+	$(VENV)/bin/ruff format --check services tests training_job benchmarks examples scripts docker
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+
+test-vllm:
+	bash scripts/test_vllm.sh
+
+proto: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+bench: $(STAMP)
+	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache runs

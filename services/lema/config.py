@@ -48,7 +48,9 @@ class LLMSettings(Section):
 
 
 class RunSettings(Section):
-    name: str = Field("lema", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run id: the dataset's store prefix.")
+    name: str = Field(
+        "lema", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run id: the dataset's store prefix."
+    )
     work_dir: Path = Field(Path("runs/.work"), description="Local scratch: the LLM completion journal for resume.")
     prompts_dir: Path | None = Field(None, description="Prompt templates overriding the packaged ones.")
 
@@ -124,7 +126,11 @@ class BusSettings(Section):
 
 class LemaSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        frozen=True, extra="forbid", env_prefix="LEMA_", env_nested_delimiter="__", nested_model_default_partial_update=True
+        frozen=True,
+        extra="forbid",
+        env_prefix="LEMA_",
+        env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
     )
 
     run: RunSettings = RunSettings()

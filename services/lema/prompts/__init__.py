@@ -81,7 +81,9 @@ def load_prompt(kind: str, task: Task | None = None, directory: Path | None = No
             version=int(raw["version"]),
             system=str(raw["system"]).strip(),
             user=str(raw["user"]),
-            examples=tuple(FewShot(str(e["user"]).strip(), str(e["assistant"]).strip()) for e in raw.get("examples", [])),
+            examples=tuple(
+                FewShot(str(e["user"]).strip(), str(e["assistant"]).strip()) for e in raw.get("examples", [])
+            ),
             hint=str(raw.get("hint", "")),
             source=str(path),
         )
