@@ -124,14 +124,29 @@ class BusSettings(Section):
     session_timeout_ms: int = 10_000
 
 
-class LemaSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        frozen=True,
-        extra="forbid",
-        env_prefix="LEMA_",
-        env_nested_delimiter="__",
-        nested_model_default_partial_update=True,
-    )
+class FileSettings(BaseSettings):
+    """Base of every lema settings model (pipeline, services, training): frozen, strict about unknown fields.
+
+    Sources are merged by `load_settings` alone (file < environment < CLI), so precedence and error messages are
+    the same for every model; constructing one directly uses only the values passed in.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+class LemaSettings(FileSettings):
+    """The pipeline: inputs, LLMs, stages, checker, dataset, store and bus."""
 
     run: RunSettings = RunSettings()
     input: InputSettings = InputSettings()
@@ -157,18 +172,6 @@ class LemaSettings(BaseSettings):
                 if name not in self.llms:
                     raise ValueError(f"{field_name}: unknown LLM {name!r}; defined in llms: {sorted(self.llms)}")
         return self
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # init kwargs carry the merged file + CLI overrides; environment sits between them (see load_settings).
-        return (init_settings, env_settings)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -210,7 +213,7 @@ def _env_tree(settings_cls: type[BaseModel], prefix: str) -> dict[str, Any]:
     return tree
 
 
-SettingsT = TypeVar("SettingsT", bound=BaseModel)
+SettingsT = TypeVar("SettingsT", bound=FileSettings)
 
 
 def load_settings(

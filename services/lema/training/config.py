@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from lema.config import Section, StoreSettings, load_settings
+from lema.config import FileSettings, Section, StoreSettings, load_settings
 
 ENV_PREFIX = "LEMA_TRAIN_"
 
@@ -118,9 +117,7 @@ class TrainRunSettings(Section):
     work_dir: Path = Field(Path("runs/train"), description="Local scratch for checkpoints before upload.")
 
 
-class TrainSettings(BaseSettings):
-    model_config = SettingsConfigDict(frozen=True, extra="forbid")
-
+class TrainSettings(FileSettings):
     run: TrainRunSettings = TrainRunSettings()
     model: ModelSettings = ModelSettings()
     lora: LoraSettings = LoraSettings()
@@ -131,18 +128,6 @@ class TrainSettings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     store: StoreSettings = StoreSettings()
     submit: SubmitSettings = SubmitSettings()
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # load_settings already merged file, LEMA_TRAIN_* env and --set overrides into the init kwargs.
-        return (init_settings,)
 
 
 def load_train_settings(path: Path | None, overrides: list[str] | None = None) -> TrainSettings:
