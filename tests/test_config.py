@@ -6,9 +6,11 @@ import pytest
 import yaml
 
 from lema.config import ConfigError, LemaSettings, load_settings, parse_overrides
+from lema.training.config import TrainSettings, load_train_settings
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_CONFIGS = sorted((REPO / "examples").glob("*.yaml"))
+TRAINING_CONFIGS = sorted((REPO / "training_job").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", PIPELINE_CONFIGS, ids=lambda p: p.name)
@@ -16,6 +18,15 @@ def test_every_shipped_pipeline_config_loads(path: Path) -> None:
     settings = load_settings(path)
     assert isinstance(settings, LemaSettings)
     assert Path(REPO / settings.input.path).is_file() or settings.input.path.startswith("hf://")
+
+
+@pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_training_config_loads(path: Path) -> None:
+    assert isinstance(load_train_settings(path), TrainSettings)
+
+
+def test_shipped_configs_exist() -> None:
+    assert PIPELINE_CONFIGS and TRAINING_CONFIGS
 
 
 def test_precedence_is_cli_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
