@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from lema.bus.kafka import Delivery
@@ -63,6 +63,17 @@ def read_topics(settings: BusSettings, topics: Sequence[str], expected: int, tim
     finally:
         consumer.close()
     return got
+
+
+def committed(settings: BusSettings, service: str) -> dict[tuple[str, int], int]:
+    """The offsets a service's consumer group has committed, by (unprefixed topic, partition)."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        group = settings.group_prefix + service
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    finally:
+        admin.close()
+    return {(tp.topic[len(settings.topic_prefix) :], tp.partition): meta.offset for tp, meta in offsets.items()}
 
 
 def s3_env(s3: LocalS3) -> dict[str, str]:

@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from platform_testing import bus_settings, read_topics
+from platform_testing import bus_settings, committed, read_topics
+from prometheus_client import REGISTRY
 
 from lema.bus.base import Message, Topics
-from lema.bus.kafka import KafkaBus, KafkaInbox, RawMessage, ensure_topics
+from lema.bus.kafka import KafkaBus, RawMessage, ensure_topics
 from lema.config import BusSettings, LemaSettings, LLMSettings
 from lema.pipeline import Resources, build_worker
 from lema.records import Attempt, Question, ReasoningPath
@@ -85,11 +86,7 @@ def test_checker_worker_routes_results_commits_and_dead_letters_malformed_messag
     assert wrong_type["lema-error"] == b"malformed message: expected a Attempt on topic 'paths', got a Question"
 
     # All 22 offsets are committed: the group's next member starts after them.
-    after = KafkaInbox(settings, f"{settings.group_prefix}checker", [Topics.PATHS], client_id="test-after")
-    try:
-        assert after.poll(3.0) == []
-    finally:
-        after.close()
+    assert sum(committed(settings, "checker").values()) == 22
 
 
 def test_a_failing_message_is_retried_then_dead_lettered_and_the_worker_carries_on(
@@ -118,3 +115,41 @@ def test_a_failing_message_is_retried_then_dead_lettered_and_the_worker_carries_
     for headers in (dict(letter.headers) for letter in letters):
         assert headers["lema-attempts"] == str(settings.max_attempts).encode()
         assert b"LLMError" in headers["lema-error"] and b"no recorded completion" in headers["lema-error"]
+
+
+def test_a_batch_longer_than_the_poll_interval_keeps_its_partitions(broker: LocalBroker) -> None:
+    """Symbolic checks outlast `max_poll_interval_ms`: the member stays in the group, commits, sees nothing twice."""
+    settings = bus_settings(broker).model_copy(update={"max_poll_interval_ms": 1000, "batch_size": 100})
+    ensure_topics(settings, Topics.ALL, partitions=1, replication_factor=1)
+    question = Question.create("Simplify the sum.", "\\sqrt{2}+\\frac{1}{2}", "math", "m:1")
+    attempts = [
+        Attempt(
+            question=question,
+            path=ReasoningPath(
+                id=f"p-{i}",
+                question_id=question.id,
+                model="m",
+                sample_index=i,
+                prompt_version="v",
+                text=f"So the total is $\\boxed{{\\frac{{{i}}}{{{2 * i}}}+\\sqrt{{2}}}}$",
+            ),
+        )
+        for i in range(1, 81)
+    ]
+    producer = KafkaBus(settings, client_id="test-slow-feed")
+    producer.publish([Message(Topics.PATHS, a.key, a) for a in attempts])
+    producer.close()
+    lema_settings = LemaSettings.model_validate({"checker": {"workers": 1}})
+    resources = Resources(lema_settings)
+    worker = KafkaWorker(build_worker("checker", lema_settings, resources), settings, client_id="test-slow")
+    spent = REGISTRY.get_sample_value("lema_stage_batch_duration_seconds_sum", {"stage": "check"}) or 0.0
+    try:
+        run_until(worker, len(attempts))
+    finally:
+        worker.close()
+        resources.close()
+    batches = REGISTRY.get_sample_value("lema_stage_batch_duration_seconds_sum", {"stage": "check"}) - spent
+    assert batches > 1.0, f"checking took {batches:.1f}s: too quick to outlast the poll interval"
+    assert committed(settings, "checker") == {(Topics.PATHS, 0): len(attempts)}, "the commit was refused"
+    results = read_topics(settings, [Topics.COT, Topics.MISTAKES], expected=len(attempts) + 1, timeout_s=5)
+    assert sorted(d.key.decode() for d in results if d.key) == sorted(a.key for a in attempts)  # each exactly once

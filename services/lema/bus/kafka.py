@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from lema.bus.base import Message
@@ -23,6 +23,8 @@ from lema.runtime.wire import encode
 
 log = logging.getLogger(__name__)
 
+KEEPALIVE_S = 1.0
+"""While a batch is processed, the consumer polls (paused) at least this often."""
 Headers = list[tuple[str, bytes]]
 T = TypeVar("T")
 
@@ -130,29 +132,47 @@ class KafkaInbox:
             for r in records
         ]
 
-    def commit(self, deliveries: Sequence[Delivery]) -> None:
-        """Commit past the highest offset delivered on each partition."""
+    def commit(self, deliveries: Sequence[Delivery]) -> bool:
+        """Commit past the highest offset delivered on each partition; False if a rebalance took them away.
+
+        Then the partitions' new owner consumes the batch again: its results are produced twice, with the same
+        keys, which every consumer already treats as one.
+        """
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for d in deliveries:
             tp = TopicPartition(self.prefix + d.topic, d.partition)
             if tp not in offsets or offsets[tp].offset <= d.offset:
                 offsets[tp] = OffsetAndMetadata(d.offset + 1, "", -1)
-        if offsets:
+        try:
             self._consumer.commit(offsets)
+        except CommitFailedError as exc:
+            log.warning("%s: commit refused after a rebalance; the batch will be redelivered: %s", self.group, exc)
+            return False
+        return True
 
     def wait_paused(self, future: Future[T]) -> T:
-        """Stay in the group while `future` (a batch being processed) runs, however long it takes.
+        """The result of `future` (a batch being processed), staying in the group however long it takes.
 
-        Kafka evicts a member that does not poll within `max_poll_interval_ms`; polling with every partition paused
-        keeps it alive without fetching. Partitions assigned by a rebalance meanwhile are rewound and paused too.
+        Kafka evicts a member that does not poll within `max_poll_interval_ms`. A batch that outlasts
+        `KEEPALIVE_S` is waited for with every partition paused, polling now and then: that keeps the member alive
+        without fetching. Partitions a rebalance assigns meanwhile are rewound and paused too.
         """
+        try:
+            return future.result(timeout=KEEPALIVE_S)
+        except TimeoutError:
+            pass
         self._consumer.pause(*self._consumer.assignment())
-        while not future.done():
-            for tp, records in self._consumer.poll(timeout_ms=100).items():
-                self._consumer.seek(tp, records[0].offset)
-                self._consumer.pause(tp)
-        self._consumer.resume(*self._consumer.paused())
-        return future.result()
+        try:
+            while True:
+                for tp, records in self._consumer.poll(timeout_ms=0).items():
+                    self._consumer.seek(tp, records[0].offset)
+                    self._consumer.pause(tp)
+                try:
+                    return future.result(timeout=KEEPALIVE_S)
+                except TimeoutError:
+                    continue
+        finally:
+            self._consumer.resume(*self._consumer.paused())
 
     def lag(self) -> dict[str, int]:
         """Messages behind the end of each assigned topic (summed over its partitions), by unprefixed topic.
