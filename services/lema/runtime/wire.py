@@ -7,8 +7,9 @@ A malformed message therefore fails with an error naming the field, whichever ru
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from typing import Any, TypeGuard, TypeVar, get_args
+from typing import Any, TypeVar, get_args
 
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
@@ -39,17 +40,7 @@ ENVELOPE_FIELDS: Mapping[type[Record], str] = {record: field for field, record i
 
 def to_message(model: BaseModel, message_cls: type[ProtoMessageT]) -> ProtoMessageT:
     """`model` as a `message_cls`; nested models become nested messages, None becomes an absent field."""
-    return message_cls(**_present_fields(model))
-
-
-def _present_fields(model: BaseModel) -> dict[str, Any]:
-    fields: dict[str, Any] = {}
-    for name, value in model:
-        if isinstance(value, BaseModel):
-            fields[name] = _present_fields(value)  # protobuf builds the nested message from the dict
-        elif value is not None:
-            fields[name] = value
-    return fields
+    return message_cls(**model.model_dump(exclude_none=True))  # protobuf builds nested messages from the dicts
 
 
 def from_message(message: ProtoMessage, model_cls: type[ModelT], where: str = "") -> ModelT:
@@ -61,31 +52,38 @@ def from_message(message: ProtoMessage, model_cls: type[ModelT], where: str = ""
 
 
 def message_fields(message: ProtoMessage, model_cls: type[BaseModel]) -> dict[str, Any]:
-    """The fields of `message` as input for `model_cls`.
+    """The fields `message` carries, as input for `model_cls`.
 
     An absent field is left out, so the model applies its default or reports it missing; only a field the model
     requires but allows to be None (`answer: str | None`) becomes None, because that is what its absence encodes.
     """
     out: dict[str, Any] = {}
-    for field in message.DESCRIPTOR.fields:
-        info = model_cls.model_fields.get(field.name)
-        value = getattr(message, field.name)
+    for field, value in message.ListFields():  # the fields present, listed in C
         if field.is_repeated:
-            if value:
-                out[field.name] = list(value)
-        elif field.has_presence and not message.HasField(field.name):
-            if info is not None and info.is_required() and type(None) in get_args(info.annotation):
-                out[field.name] = None
+            out[field.name] = list(value)
         elif field.message_type is not None:
-            nested = info.annotation if info is not None else None
-            out[field.name] = message_fields(value, nested if _is_model(nested) else BaseModel)
+            out[field.name] = message_fields(value, _nested_model(model_cls, field.name))
         else:
             out[field.name] = value
+    for name in _absent_means_none(model_cls):
+        out.setdefault(name, None)
     return out
 
 
-def _is_model(annotation: object) -> TypeGuard[type[BaseModel]]:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+@functools.cache
+def _nested_model(model_cls: type[BaseModel], name: str) -> type[BaseModel]:
+    info = model_cls.model_fields.get(name)
+    nested = info.annotation if info is not None else None
+    return nested if isinstance(nested, type) and issubclass(nested, BaseModel) else BaseModel
+
+
+@functools.cache
+def _absent_means_none(model_cls: type[BaseModel]) -> tuple[str, ...]:
+    return tuple(
+        name
+        for name, info in model_cls.model_fields.items()
+        if info.is_required() and type(None) in get_args(info.annotation)
+    )
 
 
 def validation_summary(exc: ValidationError, where: str) -> str:
@@ -98,7 +96,7 @@ def encode(record: Record) -> bytes:
     field = ENVELOPE_FIELDS.get(type(record))
     if field is None:
         raise TypeError(f"{type(record).__name__} records do not travel on the bus")
-    payload: dict[str, Any] = {field: _present_fields(record)}
+    payload: dict[str, Any] = {field: record.model_dump(exclude_none=True)}
     envelope = records_pb2.Envelope(schema_version=SCHEMA_VERSION, **payload)
     return envelope.SerializeToString(deterministic=True)
 
