@@ -33,7 +33,7 @@ def _config(tmp_path: Path, model_dir: Path) -> Path:
         "data": {"prefix": DATA_PREFIX, "max_length": 512},
         "optim": {"max_steps": MAX_STEPS, "batch_size": 2, "logging_steps": 1, "learning_rate": 1e-3},
         "deepspeed": {"config": str(REPO / "training_job" / "ds_zero2.json")},
-        "checkpoints": {"prefix": "train/tiny", "every_steps": EVERY_STEPS, "keep": 2},
+        "checkpoints": {"prefix": "train/tiny", "every_steps": EVERY_STEPS, "keep": 2, "merge_weights": True},
         "store": {"root": str(tmp_path / "store")},
     }
     path = tmp_path / "train.yaml"
@@ -66,7 +66,10 @@ def _kill_everything(process: subprocess.Popen[bytes]) -> None:
 
 
 def _train(config: Path, processes: int) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "lema.cli", "train", "--config", str(config), "--nproc", str(processes)]
+    """One process through the container's entrypoint; several through `lema train --nproc` (torchrun)."""
+    command = [sys.executable, "training_job/train.py", "--config", str(config)]
+    if processes > 1:
+        command = [sys.executable, "-m", "lema.cli", "train", "--config", str(config), "--nproc", str(processes)]
     # A session of its own, so the kill reaches torchrun's ranks too.
     return subprocess.Popen(command, cwd=REPO)
 
@@ -103,6 +106,8 @@ def test_killed_job_resumes_from_the_store_and_finishes(
     assert manifest["config"]["optim"]["max_steps"] == MAX_STEPS
     assert store.exists("train/tiny/adapter/adapter_model.safetensors")
     assert json.loads(store.get_bytes("train/tiny/adapter/adapter_config.json"))["r"] == 4
+    assert json.loads(store.get_bytes("train/tiny/merged/config.json"))["hidden_size"] == 64
+    assert manifest["merged"] == store.uri("train/tiny/merged")
     # The newest checkpoints are kept, each with DeepSpeed's per-rank optimizer shards and the LR scheduler; the
     # last step needs none, the adapter is its result.
     last = MAX_STEPS - EVERY_STEPS

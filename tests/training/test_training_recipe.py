@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import ClassVar
 
+import httpx
 import pytest
 from transformers import AutoTokenizer, TrainerControl, TrainerState, TrainingArguments
 
@@ -153,3 +155,21 @@ def test_metrics_are_pushed_at_each_log(tmp_path: Path, pushgateway: tuple[str, 
         assert line in text
     rate = next(line for line in text.splitlines() if line.startswith("lema_train_tokens_per_second "))
     assert float(rate.split()[1]) > 0
+
+
+def test_metrics_are_served_on_the_configured_port(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    metrics = TrainingMetrics(MetricsSettings(port=port), run_name="tiny")
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    state, control = TrainerState(), TrainerControl()
+    metrics.on_train_begin(args, state, control)
+    try:
+        state.global_step = 3
+        metrics.on_log(args, state, control, logs={"loss": 0.5})
+        page = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    finally:
+        metrics.close()
+    assert "lema_train_loss 0.5" in page
+    assert "lema_train_step 3.0" in page

@@ -35,16 +35,12 @@ def train(
         return
     if config is None:
         raise typer.BadParameter("lema train needs --config FILE (or a sub-command: submit)", param_hint="--config")
+    _settings(config, overrides)  # a bad config fails here, once, rather than in every rank
+    from lema.training.job import launch_local, main
+
     if nproc > 1:
-        from lema.training.job import launch_local
-
-        _settings(config, overrides)  # fail here, once, rather than in every rank
         raise typer.Exit(launch_local(config, overrides or [], nproc))
-    import json
-
-    from lema.training.job import run_job
-
-    typer.echo(json.dumps(run_job(_settings(config, overrides)), indent=2))
+    raise typer.Exit(main(["--config", str(config), *(arg for item in overrides or [] for arg in ("--set", item))]))
 
 
 @train_app.command("submit")

@@ -22,11 +22,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-from lema.store import ArtifactStore, create_store
+from lema.config import ConfigError
+from lema.store import ArtifactStore, StoreError, create_store
 from lema.training.checkpoints import CheckpointStore, UploadCheckpoints
 from lema.training.config import TrainSettings, load_train_settings
-from lema.training.data import load_training_data, tokenize_examples
+from lema.training.data import DataError, load_training_data, tokenize_examples
 from lema.training.metrics import TrainingMetrics
 from lema.training.model import load_lora_model, load_tokenizer, merge_adapter, use_bf16
 
@@ -178,6 +180,8 @@ class TrainingJob:
         _upload_dir(self.store, adapter_dir, f"{prefix}/adapter")
         merged = None
         if self.settings.checkpoints.merge_weights:
+            # Training is over: without this, ZeRO-3 would load the base model for merging as empty shards.
+            unset_hf_deepspeed_config()
             merged = f"{prefix}/merged"
             with tempfile.TemporaryDirectory() as scratch:
                 model = self.settings.model
@@ -197,7 +201,7 @@ class TrainingJob:
         log.info("adapter and manifest stored at %s", self.store.uri(prefix))
 
     def cleanup(self) -> None:
-        self.metrics.push()
+        self.metrics.close()
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -235,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # added by `deepspeed`
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{os.environ.get('RANK', '0')} %(message)s")
-    results = run_job(load_train_settings(args.config, args.overrides))
+    try:
+        results = run_job(load_train_settings(args.config, args.overrides))
+    except (ConfigError, DataError, StoreError) as exc:
+        log.error("error: %s", exc)
+        return 2
     log.info("finished: %s", json.dumps(results))
     return 0
 

@@ -38,10 +38,11 @@ class TrainingMetrics(TrainerCallback):
             "lema_train_gpu_memory_bytes", "Peak GPU memory allocated by this process.", registry=self.registry
         )
         self._last: tuple[float, int] | None = None
+        self._server: Any = None
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
         if state.is_world_process_zero and self.settings.port is not None:
-            start_http_server(self.settings.port, registry=self.registry)
+            self._server, _ = start_http_server(self.settings.port, registry=self.registry)
             log.info("serving training metrics on :%d/metrics", self.settings.port)
         self._last = (time.perf_counter(), state.num_input_tokens_seen)
 
@@ -69,6 +70,13 @@ class TrainingMetrics(TrainerCallback):
         if torch.cuda.is_available():
             self.gpu_memory.set(torch.cuda.max_memory_allocated())
         self.push()
+
+    def close(self) -> None:
+        """Push the final values and stop serving."""
+        self.push()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
 
     def push(self) -> None:
         """Send every metric to the Pushgateway, if one is configured; a failed push is logged, never fatal."""
