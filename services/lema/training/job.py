@@ -181,7 +181,7 @@ class TrainingJob:
         merged = None
         if self.settings.checkpoints.merge_weights:
             # Training is over: without this, ZeRO-3 would load the base model for merging as empty shards.
-            unset_hf_deepspeed_config()
+            unset_hf_deepspeed_config()  # type: ignore[no-untyped-call]
             merged = f"{prefix}/merged"
             with tempfile.TemporaryDirectory() as scratch:
                 model = self.settings.model

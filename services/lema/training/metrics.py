@@ -42,7 +42,7 @@ class TrainingMetrics(TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
         if state.is_world_process_zero and self.settings.port is not None:
-            self._server, _ = start_http_server(self.settings.port, registry=self.registry)
+            self._server = start_http_server(self.settings.port, registry=self.registry)[0]
             log.info("serving training metrics on :%d/metrics", self.settings.port)
         self._last = (time.perf_counter(), state.num_input_tokens_seen)
 
