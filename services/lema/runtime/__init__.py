@@ -1,1 +1,1 @@
-"""LEMA."""
+"""Runtimes that drive the stage workers: embedded (one process), gRPC services and Kafka workers."""
