@@ -47,19 +47,6 @@ class _Outcome:
     dead: list[_DeadLetter]
 
 
-def dead_letter(delivery: Delivery, prefix: str, group: str, error: str, attempts: int) -> RawMessage:
-    """The original key and bytes, on the dead-letter topic, with headers naming the error and the source."""
-    headers = [
-        ("lema-error", error[:MAX_ERROR_HEADER_CHARS].encode()),
-        ("lema-source-topic", (prefix + delivery.topic).encode()),
-        ("lema-source-partition", str(delivery.partition).encode()),
-        ("lema-source-offset", str(delivery.offset).encode()),
-        ("lema-attempts", str(attempts).encode()),
-        ("lema-consumer-group", group.encode()),
-    ]
-    return RawMessage(Topics.DLQ, delivery.key, delivery.value, headers)
-
-
 class KafkaWorker:
     def __init__(
         self,
@@ -168,8 +155,16 @@ class KafkaWorker:
         return outcome
 
     def _dead_letter(self, delivery: Delivery, error: str, attempts: int) -> _DeadLetter:
-        message = dead_letter(delivery, self.settings.topic_prefix, self.group, error, attempts)
-        return _DeadLetter(delivery.topic, message)
+        """The original key and bytes, bound for the dead-letter topic, with headers naming the error and source."""
+        headers = [
+            ("lema-error", error[:MAX_ERROR_HEADER_CHARS].encode()),
+            ("lema-source-topic", (self.settings.topic_prefix + delivery.topic).encode()),
+            ("lema-source-partition", str(delivery.partition).encode()),
+            ("lema-source-offset", str(delivery.offset).encode()),
+            ("lema-attempts", str(attempts).encode()),
+            ("lema-consumer-group", self.group.encode()),
+        ]
+        return _DeadLetter(delivery.topic, RawMessage(Topics.DLQ, delivery.key, delivery.value, headers))
 
     def _where(self, delivery: Delivery, error: str) -> str:
         return f"{delivery.topic}[{delivery.partition}]@{delivery.offset}: {error}"

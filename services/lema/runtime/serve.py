@@ -45,15 +45,13 @@ class ServiceProcess:
         self.stop = threading.Event()
         """Set it (the CLI does on SIGTERM/SIGINT) to shut the service down gracefully."""
         self.resources = Resources(settings)
-        self.grpc_port = 0
-        self.metrics_port = 0
 
     def run(self) -> None:
         """Serve until `stop` is set; returns after a graceful shutdown."""
         self._load_resources()
-        self.metrics_port = self._serve_metrics()
+        self._serve_metrics()
         server = GrpcServer(self.settings.server, service_bindings(self.service, self.settings, self.resources))
-        self.grpc_port = server.start()
+        server.start()
         shutdown = threading.Thread(target=self._stop_server_on_signal, args=(server,), name="grpc-shutdown")
         shutdown.start()
         try:
@@ -73,11 +71,10 @@ class ServiceProcess:
         if self.service == "checker":
             _ = self.resources.checker
 
-    def _serve_metrics(self) -> int:
+    def _serve_metrics(self) -> None:
         server = self.settings.server
         port = metrics.serve_metrics(server.host, server.metrics_port, lambda: self.resources.backends)
         log.info("%s: /metrics on port %d", self.service, port)
-        return port
 
     def _stop_server_on_signal(self, server: GrpcServer) -> None:
         self.stop.wait()

@@ -1,1 +1,1 @@
-"""Fine-tuning on CoT + correction data (LoRA, DeepSpeed), checkpoints in the store, the Kubernetes launcher and evaluation."""
+"""Fine-tuning on CoT + correction data (LoRA + DeepSpeed), checkpoints in the store, launcher and evaluation."""
