@@ -58,7 +58,10 @@ class ServiceProcess:
             if self.settings.bus.kind == "kafka":
                 self._consume()
             else:
-                self.stop.wait()
+                # Wake up now and then: a signal caught by another thread runs its handler only when the main
+                # thread next executes Python code, and an untimed wait would never return to it.
+                while not self.stop.wait(timeout=0.2):
+                    pass
         finally:
             self.stop.set()
             shutdown.join()
