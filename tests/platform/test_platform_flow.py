@@ -121,10 +121,11 @@ def platform(broker: LocalBroker, s3: LocalS3, tmp_path_factory: pytest.TempPath
     logs = tmp / "logs"
     logs.mkdir()
     services = start_services(list(SERVICE_INPUTS), config, logs, env, ["server.drain_delay_s=0"])
-    for name, credential in s3_env(s3).items():
-        os.environ[name] = credential
     try:
-        yield Platform(services, bus, create_store(StoreSettings.model_validate(store)), config, env, embedded)
+        with pytest.MonkeyPatch.context() as patch:
+            for name, credential in s3_env(s3).items():
+                patch.setenv(name, credential)  # for this process's own store client
+            yield Platform(services, bus, create_store(StoreSettings.model_validate(store)), config, env, embedded)
     finally:
         for service in services.values():
             service.stop()
