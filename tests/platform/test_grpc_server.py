@@ -21,7 +21,17 @@ from lema.pipeline import Resources
 from lema.runtime.grpc_server import GrpcServer
 from lema.runtime.services import service_bindings
 from lema.runtime.settings import ServerSettings
-from lema.v1 import checker_pb2, checker_pb2_grpc
+from lema.v1 import (
+    checker_pb2,
+    checker_pb2_grpc,
+    corrector_pb2,
+    corrector_pb2_grpc,
+    evolver_pb2,
+    evolver_pb2_grpc,
+    records_pb2,
+    sampler_pb2,
+    sampler_pb2_grpc,
+)
 
 TOKEN = "s3cret-token"
 
@@ -198,3 +208,57 @@ def test_tls(resources: Resources, tmp_path: Path) -> None:
         assert reply.correct
     finally:
         secured.stop()
+
+
+def test_model_services_name_bad_fields_and_report_llm_failures_as_unavailable(tmp_path: Path) -> None:
+    """The LLM here replays an empty recording: every generation fails, as an unreachable model server would."""
+    recording = tmp_path / "empty.jsonl"
+    recording.write_text("")
+    settings = LemaSettings.model_validate({"llms": {"smollm2": {"backend": "replay", "recording": str(recording)}}})
+    resources = Resources(settings)
+    bindings = [b for name in ("sampler", "corrector", "evolver") for b in service_bindings(name, settings, resources)]
+    server = GrpcServer(ServerSettings(host="127.0.0.1", grpc_port=0, drain_delay_s=0), bindings)
+    server.start()
+    question = "Sam has 3 hats and buys 2 more. How many hats?"
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            sampler = sampler_pb2_grpc.SamplerServiceStub(channel)
+            corrector = corrector_pb2_grpc.CorrectorServiceStub(channel)
+            evolver = evolver_pb2_grpc.EvolverServiceStub(channel)
+            bad = {
+                "samples_per_model: must be positive": lambda: list(
+                    sampler.Sample(sampler_pb2.SampleRequest(question=question, task="gsm8k", samples_per_model=0))
+                ),
+                "models: ['gpt'] not served here": lambda: list(
+                    sampler.Sample(sampler_pb2.SampleRequest(question=question, task="gsm8k", models=["gpt"]))
+                ),
+                "question: required": lambda: corrector.Correct(
+                    corrector_pb2.CorrectRequest(wrong_solution="The answer is 4", task="gsm8k")
+                ),
+                "gold: required": lambda: corrector.Correct(
+                    corrector_pb2.CorrectRequest(question=question, wrong_solution="4", task="gsm8k", gold="")
+                ),
+                "seed: required": lambda: evolver.Evolve(evolver_pb2.EvolveRequest()),
+            }
+            for field, call in bad.items():
+                with pytest.raises(grpc.RpcError) as raised:
+                    call()
+                assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert raised.value.details().startswith(field), raised.value.details()
+            failing = [
+                lambda: list(sampler.Sample(sampler_pb2.SampleRequest(question=question, task="gsm8k"))),
+                lambda: corrector.Correct(
+                    corrector_pb2.CorrectRequest(question=question, wrong_solution="The answer is 4", task="gsm8k")
+                ),
+                lambda: evolver.Evolve(
+                    evolver_pb2.EvolveRequest(seed=records_pb2.Question(text=question, gold="5", task="gsm8k"))
+                ),
+            ]
+            for call in failing:
+                with pytest.raises(grpc.RpcError) as raised:
+                    call()
+                assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "no recorded completion" in raised.value.details()
+    finally:
+        server.stop()
+        resources.close()

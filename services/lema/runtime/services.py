@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from lema.checker import CheckItem, CheckResult, extract_answer
 from lema.config import LemaSettings
+from lema.llm.base import LLMError
 from lema.pipeline import Resources
 from lema.records import Attempt, Question, ReasoningPath, Task, stable_id
 from lema.runtime import metrics
@@ -76,7 +77,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def rpc(method: F) -> F:
-    """Turn request validation errors into INVALID_ARGUMENT naming the field; refuse work past the deadline."""
+    """Request errors become INVALID_ARGUMENT naming the field, LLM failures UNAVAILABLE (worth a retry); no work
+    starts past the deadline."""
 
     @functools.wraps(method)
     def handler(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
@@ -85,6 +87,8 @@ def rpc(method: F) -> F:
             return method(self, request, context)
         except (InvalidArgument, WireError) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except LLMError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"the LLM backend failed: {exc}")
 
     return cast(F, handler)
 
@@ -152,8 +156,13 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
         def stream() -> Iterator[records_pb2.ReasoningPath]:
             for model in models:
                 _ensure_time_left(context)
-                backend = self.resources.llm(model)
-                for attempt in sample_questions([question], backend, sample_settings, self.settings.run.prompts_dir):
+                try:
+                    attempts = sample_questions(
+                        [question], self.resources.llm(model), sample_settings, self.settings.run.prompts_dir
+                    )
+                except LLMError as exc:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, f"the LLM backend {model!r} failed: {exc}")
+                for attempt in attempts:
                     yield to_message(attempt.path, records_pb2.ReasoningPath)
 
         return stream()
