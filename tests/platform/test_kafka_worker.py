@@ -153,3 +153,23 @@ def test_a_batch_longer_than_the_poll_interval_keeps_its_partitions(broker: Loca
     assert committed(settings, "checker") == {(Topics.PATHS, 0): len(attempts)}, "the commit was refused"
     results = read_topics(settings, [Topics.COT, Topics.MISTAKES], expected=len(attempts) + 1, timeout_s=5)
     assert sorted(d.key.decode() for d in results if d.key) == sorted(a.key for a in attempts)  # each exactly once
+
+
+def test_consumer_lag_is_exported(broker: LocalBroker) -> None:
+    settings = bus_settings(broker).model_copy(update={"batch_size": 8})
+    ensure_topics(settings, Topics.ALL, partitions=1, replication_factor=1)
+    producer = KafkaBus(settings, client_id="test-lag-feed")
+    producer.publish([Message(Topics.PATHS, a.key, a) for a in (attempt(i, 12) for i in range(30))])
+    producer.close()
+    resources = Resources(LemaSettings())
+    worker = KafkaWorker(build_worker("checker", LemaSettings(), resources), settings, client_id="test-lag")
+    try:
+        consumed = 0
+        while consumed == 0:
+            consumed = worker.step(0.5)
+    finally:
+        worker.close()
+        resources.close()
+    group = f"{settings.group_prefix}checker"
+    lag = REGISTRY.get_sample_value("lema_kafka_consumer_lag_messages", {"group": group, "topic": Topics.PATHS})
+    assert lag == 30 - consumed
