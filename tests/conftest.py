@@ -10,17 +10,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-@pytest.fixture(scope="session")
-def gsm8k_test_file() -> Path:
-    path = SHARED_DATA / "gsm8k_test.jsonl"
+def shared_data(name: str) -> Path:
+    path = SHARED_DATA / name
     if not path.is_file():
         pytest.fail(f"{path} is missing: tests expect ../shared/data beside the repository")
     return path
+
+
+@pytest.fixture(scope="session")
+def gsm8k_test_file() -> Path:
+    return shared_data("gsm8k_test.jsonl")
 
 
 @pytest.fixture(scope="session")
 def gsm8k_train_file() -> Path:
-    path = SHARED_DATA / "gsm8k_train.jsonl"
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: tests expect ../shared/data beside the repository")
-    return path
+    return shared_data("gsm8k_train.jsonl")
