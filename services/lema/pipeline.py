@@ -156,7 +156,6 @@ class EvolverWorker:
                 seeds.setdefault(question.id, question)
         if not seeds:
             return []
-        self.evolved.update(seeds)
         for question in seeds.values():
             self.index.add(question)
         voters = [self.resources.llm(m) for m in (settings.answer_models or self.settings.sample.models)]
@@ -168,6 +167,7 @@ class EvolverWorker:
             settings,
             self.settings.run.prompts_dir,
         )
+        self.evolved.update(seeds)  # only after success: a failed batch is retried with the same seeds
         return _messages(Topics.QUESTIONS, questions) + _messages(Topics.DROPS, drops)
 
 
