@@ -28,19 +28,15 @@ from deploy_testing import (
 )
 
 from lema.config import load_settings
+from lema.pipeline import WORKERS
 from lema.prompts import load_prompt
 from lema.records import Task
 from lema.runtime.settings import SERVICES, ServiceSettings
 from lema.training.config import load_train_settings
 
 # lema's Kafka wiring: the topics each service consumes (what KEDA must watch).
-INPUT_TOPICS = {
-    "sampler": {"questions"},
-    "checker": {"paths", "corrections"},
-    "corrector": {"mistakes"},
-    "evolver": {"corrections.verified"},
-    "dataset-writer": {"cot", "corrections.verified", "drops"},
-}
+# The topics each service consumes, from the pipeline's own wiring, so the chart cannot drift from it.
+INPUT_TOPICS = {name: set(worker.inputs) for name, worker in WORKERS.items()}
 # What the stages load: (kind, task), task-specific templates first.
 PROMPTS_LEMA_LOADS: list[tuple[str, Task | None]] = [
     ("sample", "gsm8k"),

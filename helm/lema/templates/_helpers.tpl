@@ -115,8 +115,8 @@ override directory, and the vLLM server's LLM. */}}
   "sampler" (list "questions")
   "checker" (list "paths" "corrections")
   "corrector" (list "mistakes")
-  "evolver" (list "corrections.verified")
-  "dataset-writer" (list "cot" "corrections.verified" "drops") -}}
+  "evolver" (list "questions" "corrections.verified")
+  "dataset-writer" (list "questions" "cot" "mistakes" "corrections.verified" "drops") -}}
 {{- required (printf "services.%s: not a lema service (expected one of %s)" .component (keys $topics | sortAlpha | join ", ")) (get $topics .component) | toJson -}}
 {{- end -}}
 
