@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +22,9 @@ from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, Train
 from lema.records import CotExample, Question
 from lema.store import LocalStore
 from lema.training.config import TrainSettings
+from lema.training.data import load_training_data, tokenize_examples
 from lema.training.job import TrainingJob
+from lema.training.model import load_lora_model, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 GSM8K = REPO.parent / "shared" / "data" / "gsm8k_train.jsonl"
@@ -74,7 +78,7 @@ def settings_for(work: Path, model: str, steps: int, batch_size: int, deepspeed:
     )
 
 
-def job_tokens_per_second(settings: TrainSettings, warmup: int) -> tuple[float, Any]:
+def job_tokens_per_second(settings: TrainSettings, warmup: int) -> float:
     job = TrainingJob.setup(settings)
     timer = StepTimer(warmup)
     job.trainer.add_callback(timer)
@@ -82,13 +86,13 @@ def job_tokens_per_second(settings: TrainSettings, warmup: int) -> tuple[float, 
         job.train()
     finally:
         job.cleanup()
-    return timer.tokens_per_second, job.trainer
+    return timer.tokens_per_second
 
 
-def plain_tokens_per_second(job_trainer: Any, settings: TrainSettings, work: Path, warmup: int) -> float:
-    """A bare `Trainer` on the job's own model class and tokenized data: no DeepSpeed, no callbacks, no store."""
-    from lema.training.model import load_lora_model
-
+def plain_tokens_per_second(settings: TrainSettings, work: Path, warmup: int) -> float:
+    """A bare `Trainer` on the same LoRA model and tokenized data: no DeepSpeed, no callbacks, no store."""
+    tokenizer = load_tokenizer(settings.model)
+    data = load_training_data(LocalStore(work / "store"), settings.data, settings.run.seed)
     args = TrainingArguments(
         output_dir=str(work / "plain"), max_steps=settings.optim.max_steps,
         per_device_train_batch_size=settings.optim.batch_size, learning_rate=settings.optim.learning_rate,
@@ -99,12 +103,15 @@ def plain_tokens_per_second(job_trainer: Any, settings: TrainSettings, work: Pat
     trainer = Trainer(
         model=load_lora_model(settings.model, settings.lora),
         args=args,
-        train_dataset=job_trainer.train_dataset,
-        data_collator=DataCollatorForSeq2Seq(job_trainer.processing_class, padding=True),
+        train_dataset=tokenize_examples(tokenizer, data.examples, settings.data.max_length),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
         callbacks=[timer],
     )
     trainer.train()
     return timer.tokens_per_second
+
+
+RUNS = {"plain Trainer loop": "plain", "job (DeepSpeed ZeRO-2)": "job-zero2", "job (no DeepSpeed)": "job"}
 
 
 def main() -> None:
@@ -114,18 +121,31 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--examples", type=int, default=64)
+    parser.add_argument("--measure", choices=sorted(RUNS.values()), help="(internal) one measurement, as JSON")
+    parser.add_argument("--work", type=Path, help="(internal) the parent's scratch directory")
     args = parser.parse_args()
+    if args.measure:
+        # Each measurement runs in a process of its own, as a job does: DeepSpeed's global state stays behind.
+        settings = settings_for(args.work, args.model, args.steps, args.batch_size, args.measure == "job-zero2")
+        if args.measure == "plain":
+            rate = plain_tokens_per_second(settings, args.work, args.warmup)
+        else:
+            rate = job_tokens_per_second(settings, args.warmup)
+        print(json.dumps({"tokens_per_second": rate}))
+        return
+    rates = {}
     with tempfile.TemporaryDirectory() as scratch:
-        work = Path(scratch)
-        write_cot_dataset(LocalStore(work / "store"), args.examples)
-        results = {}
-        for name, deepspeed in (("job (DeepSpeed ZeRO-2)", True), ("job (no DeepSpeed)", False)):
-            settings = settings_for(work, args.model, args.steps, args.batch_size, deepspeed)
-            results[name], job_trainer = job_tokens_per_second(settings, args.warmup)
-        plain = plain_tokens_per_second(job_trainer, settings, work, args.warmup)
+        write_cot_dataset(LocalStore(Path(scratch) / "store"), args.examples)
+        for name, measure in RUNS.items():
+            command = [sys.executable, __file__, "--measure", measure, "--work", scratch]
+            command += ["--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            command += ["--batch-size", str(args.batch_size)]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            rates[name] = json.loads(output.strip().splitlines()[-1])["tokens_per_second"]
+    plain = rates.pop("plain Trainer loop")
     print(f"model {args.model}, batch {args.batch_size}, steps {args.warmup + 1}-{args.steps} timed")
-    print(f"plain Trainer loop: {plain:8.1f} tokens/s")
-    for name, rate in results.items():
+    print(f"plain Trainer loop    : {plain:8.1f} tokens/s")
+    for name, rate in rates.items():
         print(f"{name:22}: {rate:8.1f} tokens/s  ratio {rate / plain:.3f} (target >= 0.95)")
 
 

@@ -55,7 +55,7 @@ def test_eval_smollm2_on_20_gsm8k_questions(tmp_path: Path, gsm8k_test_file: Pat
     result = CliRunner().invoke(
         app,
         ["eval", "--model", "smollm2-135m", "--data", str(gsm8k_test_file), "--limit", "20",
-         "--output", str(output), "--max-tokens", "200", "--batch-size", "10"],
+         "--output", str(output), "--max-tokens", "128", "--batch-size", "20"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     match = re.search(r"accuracy (\d+\.\d)% \((\d+)/20\), 95% CI \[(\d+\.\d)%, (\d+\.\d)%\]", result.output)

@@ -80,7 +80,7 @@ def test_lora_on_smollm2_lowers_the_loss_on_correction_examples(
     tmp_path: Path, smollm2_dir: Path, gsm8k_examples: Examples
 ) -> None:
     _, corrections = gsm8k_examples
-    few = sorted(corrections, key=lambda e: len(e.input) + len(e.output))[:4]
+    few = sorted(corrections, key=lambda e: len(e.input) + len(e.output))[:2]
     store = LocalStore(tmp_path / "store")
     write_datasets(store, "few", [], few)
     settings = TrainSettings.model_validate(
@@ -88,8 +88,8 @@ def test_lora_on_smollm2_lowers_the_loss_on_correction_examples(
             "run": {"work_dir": str(tmp_path / "work")},
             "model": {"name": str(smollm2_dir)},
             "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-            "data": {"prefix": "few", "max_length": 384},
-            "optim": {"max_steps": 4, "batch_size": 2, "learning_rate": 3e-3, "warmup_ratio": 0.0},
+            "data": {"prefix": "few", "max_length": 320},
+            "optim": {"max_steps": 3, "batch_size": 2, "learning_rate": 3e-3, "warmup_ratio": 0.0},
             "deepspeed": {"config": None},
             "checkpoints": {"prefix": "train/smol", "every_steps": 100},
             "store": {"root": str(tmp_path / "store")},
