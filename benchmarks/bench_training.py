@@ -97,6 +97,7 @@ def plain_tokens_per_second(settings: TrainSettings, work: Path, warmup: int) ->
         output_dir=str(work / "plain"), max_steps=settings.optim.max_steps,
         per_device_train_batch_size=settings.optim.batch_size, learning_rate=settings.optim.learning_rate,
         lr_scheduler_type=settings.optim.scheduler, logging_steps=1, save_strategy="no", seed=settings.run.seed,
+        train_sampling_strategy="group_by_length",  # the job's batches: the ratio measures overhead, not padding
         include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=True, use_cpu=True,
     )  # fmt: skip
     timer = StepTimer(warmup)
