@@ -39,6 +39,18 @@ def write_config(tmp: Path, gsm8k_test_file: Path, name: str) -> Path:
     return path
 
 
+def finish(process: subprocess.Popen[bytes], timeout: float = 900) -> str:
+    """Wait for a run; one that outlives `timeout` is killed rather than left running after the test."""
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        pytest.fail(f"lema run did not finish in {timeout} s:\n{output.decode()[-3000:]}")
+    assert process.returncode == 0, output.decode()[-3000:]
+    return output.decode()
+
+
 def lema_run(config: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "lema.cli", "run", "--config", str(config)],
@@ -81,10 +93,7 @@ def interrupt_after_first_calls(config: Path, tmp: Path, name: str, sig: signal.
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, gsm8k_test_file: Path) -> tuple[Path, str]:
     tmp = tmp_path_factory.mktemp("whole")
-    process = lema_run(write_config(tmp, gsm8k_test_file, "whole"))
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output.decode()[-3000:]
-    return tmp, output.decode()
+    return tmp, finish(lema_run(write_config(tmp, gsm8k_test_file, "whole")))
 
 
 def test_whole_loop_produces_dataset_and_summary(uninterrupted: tuple[Path, str]) -> None:
@@ -114,9 +123,7 @@ def test_interrupted_run_resumes_to_the_same_dataset_without_repeating_calls(
     config = write_config(tmp_path, gsm8k_test_file, name)
     journaled_before = interrupt_after_first_calls(config, tmp_path, name, sig)
     assert journaled_before >= 1
-    process = lema_run(config)
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output.decode()[-3000:]
+    finish(lema_run(config))
 
     assert dataset(tmp_path, name) == dataset(whole_tmp, name)
     keys = journal_keys(tmp_path, name)
