@@ -24,7 +24,7 @@ def correct_attempts(
 ) -> tuple[list[CorrectedAttempt], list[Drop]]:
     """One correction per wrong attempt; outputs that cannot be parsed become counted drops."""
     requests: list[GenerationRequest] = []
-    pending: list[tuple[Attempt, str, str]] = []
+    pending: list[tuple[Attempt, str, str, str]] = []
     for attempt in attempts:
         question = attempt.question
         prompt = load_prompt("correct", question.task, prompts_dir)
@@ -38,14 +38,16 @@ def correct_attempts(
         )
         correction_id = Correction.make_id(attempt.path.id, backend.model, prompt.version_tag, settings.params)
         requests.append(GenerationRequest(messages, seeded(settings.params, correction_id)))
-        pending.append((attempt, correction_id, prompt.version_tag))
+        pending.append((attempt, correction_id, prompt.version_tag, hint))
     completions = backend.generate(requests) if requests else []
     corrected: list[CorrectedAttempt] = []
     drops: list[Drop] = []
-    for (attempt, correction_id, version), (completion, *_) in zip(pending, completions, strict=True):
-        parsed = parse_correction(completion.text, attempt.path.text)
+    for (attempt, correction_id, version, hint), (completion, *_) in zip(pending, completions, strict=True):
+        # A corrector that repeats the gold hint must not have the hint's answer taken for its own.
+        output = completion.text.replace(hint, "") if hint else completion.text
+        parsed = parse_correction(output, attempt.path.text)
         if isinstance(parsed, ParseFailure):
-            drops.append(Drop(stage=STAGE, reason=parsed.reason, record_id=correction_id, detail=completion.text[:500]))
+            drops.append(Drop(stage=STAGE, reason=parsed.reason, record_id=correction_id, detail=output[:500]))
             continue
         question = attempt.question
         answer = extract_answer(parsed.corrected_solution, question.task, question.choices).answer
