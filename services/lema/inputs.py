@@ -12,19 +12,19 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from lema.checker import canonical_answer, extract_answer, extract_gold
+from lema.checker import extract_answer, extract_gold
+from lema.checker.numbers import parse_number
 from lema.records import Question, Task
 
 Format = Literal["auto", "gsm8k", "math", "lema", "mcq"]
 TASK_OF_FORMAT: dict[str, Task] = {"gsm8k": "gsm8k", "math": "math", "lema": "gsm8k", "mcq": "mcq"}
 _CALCULATOR = re.compile(r"<<[^>]*>>")
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_NUMERIC = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
 
 
 def is_numeric_answer(answer: str) -> bool:
-    """GSM8K-style answers are numbers: '18', '-3', '22.5', '3/4', '$1,200' all qualify."""
-    return _NUMERIC.fullmatch(canonical_answer(answer, "gsm8k")) is not None
+    """GSM8K-style answers are numbers: '18', '-3', '22.5', '3/4', '$1,200' all qualify (the checker decides)."""
+    return parse_number(extract_gold(answer, "gsm8k") or "") is not None
 
 
 class InputError(ValueError):
