@@ -27,7 +27,7 @@ from lema.training.job import TrainingJob
 from lema.training.model import load_lora_model, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-GSM8K = REPO.parent / "shared" / "data" / "gsm8k_train.jsonl"
+GSM8K = REPO / "examples" / "data" / "gsm8k_train.jsonl"  # first 300 training lines
 
 
 class StepTimer(TrainerCallback):

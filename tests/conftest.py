@@ -1,4 +1,4 @@
-"""Shared test paths. Test data lives in ../shared beside the repository (as in CI); it is never copied in."""
+"""Shared test paths. GSM8K subsets ship in examples/data (see its README), so a bare clone runs the whole suite."""
 
 from __future__ import annotations
 
@@ -11,21 +11,22 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+DATA = REPO / "examples" / "data"
+GSM8K_TEST = DATA / "gsm8k_test.jsonl"
+GSM8K_TRAIN = DATA / "gsm8k_train.jsonl"
 
 
-def shared_data(name: str) -> Path:
-    path = SHARED_DATA / name
+def repo_data(path: Path) -> Path:
     if not path.is_file():
-        pytest.fail(f"{path} is missing: tests expect ../shared/data beside the repository")
+        pytest.fail(f"{path} is missing: it ships with the repository (examples/data/README.md)")
     return path
 
 
 @pytest.fixture(scope="session")
 def gsm8k_test_file() -> Path:
-    return shared_data("gsm8k_test.jsonl")
+    return repo_data(GSM8K_TEST)
 
 
 @pytest.fixture(scope="session")
 def gsm8k_train_file() -> Path:
-    return shared_data("gsm8k_train.jsonl")
+    return repo_data(GSM8K_TRAIN)

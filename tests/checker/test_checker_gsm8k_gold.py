@@ -1,4 +1,4 @@
-"""The real GSM8K test set: every gold solution reaches its own gold; every perturbed final answer does not."""
+"""The shipped GSM8K test lines (the first 300): every gold solution reaches its own gold, every perturbed one not."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _perturbations(gold: str) -> set[str]:
 
 def test_every_gold_solution_reaches_its_own_gold(gsm8k_test_file: Path, checker: Checker) -> None:
     solutions = _solutions(gsm8k_test_file)
-    assert len(solutions) == 1319
+    assert len(solutions) == 300
     results = checker.check_batch([CheckItem(solution, solution, "gsm8k") for solution in solutions])
     failures = [(s[-40:], r) for s, r in zip(solutions, results, strict=True) if not r.correct]
     assert failures == []
@@ -48,7 +48,7 @@ def test_every_perturbed_answer_is_wrong(gsm8k_test_file: Path, checker: Checker
         assert gold is not None
         body = solution.rsplit("####", 1)[0]
         items += [CheckItem(f"{body}#### {wrong}", solution, "gsm8k") for wrong in _perturbations(gold)]
-    assert len(items) > 3 * 1319
+    assert len(items) > 3 * 300
     results = checker.check_batch(items)
     survivors = [(item.response[-30:], r) for item, r in zip(items, results, strict=True) if r.correct]
     assert survivors == []

@@ -25,7 +25,7 @@ from lema.config import BusSettings
 from lema.runtime.infra import LocalBroker, LocalS3, free_port
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO / ".." / "shared" / "data"
+GSM8K_TEST = REPO / "examples" / "data" / "gsm8k_test.jsonl"
 _namespaces = itertools.count()
 
 

@@ -25,8 +25,8 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from platform_testing import (
+    GSM8K_TEST,
     REPO,
-    SHARED_DATA,
     ServiceChild,
     bus_settings,
     read_topics,
@@ -65,7 +65,7 @@ RUN = "flow"
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 PIPELINE = {
     "run": {"name": RUN},
-    "input": {"path": str(SHARED_DATA / "gsm8k_test.jsonl"), "limit": 2},
+    "input": {"path": str(GSM8K_TEST), "limit": 2},
     "llms": {"smollm2": {"backend": "transformers", "model": "smollm2-135m", "batch_size": 8}},
     "sample": {"samples_per_model": 2, "batch_size": 4, "params": {"max_tokens": 48, "seed": 3}},
     "correct": {"show_gold": True, "batch_size": 4, "params": {"max_tokens": 64}},
@@ -146,7 +146,7 @@ def test_topic_flow_gives_the_embedded_dataset_and_dead_letters_malformed_messag
             "-m",
             "lema.cli",
             "submit",
-            str(SHARED_DATA / "gsm8k_test.jsonl"),
+            str(GSM8K_TEST),
             "--config",
             str(platform.config),
             "--timeout-s",
