@@ -46,19 +46,48 @@ def test_settings_are_frozen() -> None:
         settings.run.name = "other"  # type: ignore[misc]
 
 
-def test_errors_name_file_and_field(tmp_path: Path) -> None:
+def test_errors_name_file_line_and_field(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
-    config.write_text("sample:\n  samples_per_model: -1\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: sample\.samples_per_model"):
-        load_settings(config)
-    config.write_text("sampel: {}\n")
-    with pytest.raises(ConfigError, match="sampel"):
-        load_settings(config)
-    config.write_text("sample: [1\n")
-    with pytest.raises(ConfigError, match="invalid YAML"):
+    config.write_text("run:\n  name: x\nsample:\n  samples_per_model: -1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:4: sample\.samples_per_model: Input should be greater than 0$"):
         load_settings(config)
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "missing.yaml")
+
+
+def test_yaml_syntax_error_names_file_line_and_column_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("sample:\n  params: [unclosed\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config)
+    message = str(raised.value)
+    assert message.startswith(f"{config}:3:1: invalid YAML: expected ',' or ']'")
+    assert "\n" not in message and "<unicode string>" not in message
+
+
+def test_typo_gets_did_you_mean_and_the_line(tmp_path: Path) -> None:
+    config = tmp_path / "typo.yaml"
+    config.write_text("sampel: {}\nllms:\n  big:\n    backnd: openai\n")
+    with pytest.raises(ConfigError) as typo:
+        load_settings(config)
+    message = str(typo.value)
+    assert f"{config}:1: sampel: unknown field; did you mean 'sample'?" in message
+    assert f"{config}:4: llms.big.backnd: unknown field; did you mean 'llms.big.backend'?" in message
+    with pytest.raises(ConfigError) as far:
+        load_settings(None, ["sample.zzz=1"])
+    assert str(far.value).startswith("--set sample.zzz: unknown field; known here: batch_size, models, params")
+
+
+def test_bad_override_is_blamed_on_set_or_env_not_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "good.yaml"
+    config.write_text("sample:\n  samples_per_model: 2\n")
+    with pytest.raises(ConfigError, match=r"^--set sample\.samples_per_model: Input should be greater than 0$"):
+        load_settings(config, ["sample.samples_per_model=0"])
+    with pytest.raises(ConfigError, match=r"^--set sample\.params: the value is not valid YAML"):
+        load_settings(config, ["sample.params=[1"])
+    monkeypatch.setenv("LEMA_SAMPLE__BATCH_SIZE", "-3")
+    with pytest.raises(ConfigError, match=r"^LEMA_SAMPLE__BATCH_SIZE: Input should be greater than 0$"):
+        load_settings(config)
 
 
 def test_stage_must_name_a_defined_llm() -> None:

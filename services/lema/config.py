@@ -7,9 +7,11 @@ with a stronger one.
 
 from __future__ import annotations
 
+import difflib
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -174,14 +176,22 @@ class LemaSettings(FileSettings):
         return self
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+            raise ConfigError(f"{origin}: {key!r} is not a section")
     node[keys[-1]] = value
+
+
+def _yaml_value(raw: str, origin: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{origin}: the value is not valid YAML ({problem})") from None
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -190,8 +200,9 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     for item in overrides:
         dotted, sep, raw = item.partition("=")
         if not sep or not dotted:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. sample.samples_per_model=4")
-        _set_dotted(tree, dotted.strip(), yaml.safe_load(raw))
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. sample.samples_per_model=4")
+        origin = f"--set {dotted.strip()}"
+        _set_dotted(tree, dotted.strip(), _yaml_value(raw, origin), origin)
     return tree
 
 
@@ -209,7 +220,7 @@ def _env_tree(settings_cls: type[BaseModel], prefix: str) -> dict[str, Any]:
         if name.startswith(prefix) and "__" in name:
             dotted = name[len(prefix) :].lower().replace("__", ".")
             if dotted.split(".")[0] in settings_cls.model_fields:
-                _set_dotted(tree, dotted, yaml.safe_load(raw))
+                _set_dotted(tree, dotted, _yaml_value(raw, name), name)
     return tree
 
 
@@ -228,23 +239,118 @@ def load_settings(
     are the same everywhere: errors name the file and the dotted field.
     """
     data: dict[str, Any] = {}
-    where = "defaults"
+    text = ""
     if path is not None:
-        where = str(path)
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{path}: config file not found") from exc
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
+        try:
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+            raise ConfigError(_yaml_syntax_error(path, exc)) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = loaded or {}
-    data = _merge(_merge(data, _env_tree(settings_cls, env_prefix)), parse_overrides(overrides or []))
+    env = _env_tree(settings_cls, env_prefix)
+    cli = parse_overrides(overrides or [])
     try:
-        return settings_cls.model_validate(data)
+        return settings_cls.model_validate(_merge(_merge(data, env), cli))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{where}: {problems}") from exc
+        sources = _Sources(path, text, env_prefix, env, cli)
+        problems = "; ".join(_problem(settings_cls, sources, err) for err in exc.errors())
+        raise ConfigError(problems) from None
+
+
+def _yaml_syntax_error(path: Path, exc: yaml.YAMLError) -> str:
+    """`file:line:column: invalid YAML: problem (context)`, in plain words, without PyYAML's multi-line excerpt."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    return f"{where}: invalid YAML: {problem}" + (f" ({context})" if context else "")
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """Where the merged settings came from, to blame the right one: `--set`, an environment variable, or the file."""
+
+    path: Path | None
+    text: str
+    env_prefix: str
+    env: dict[str, Any]
+    cli: dict[str, Any]
+
+    def origin(self, loc: tuple[str, ...]) -> str:
+        """`--set a.b`, `LEMA_A__B` (either names the field), or `file:line: a.b`."""
+        if _holds(self.cli, loc):
+            return f"--set {'.'.join(loc)}"
+        if _holds(self.env, loc):
+            return self.env_prefix + "__".join(loc).upper()
+        if self.path is None:
+            return f"defaults: {'.'.join(loc)}"
+        line = _line_of(self.text, loc)
+        return f"{self.path}:{line}: {'.'.join(loc)}" if line else f"{self.path}: {'.'.join(loc)}"
+
+
+def _holds(tree: dict[str, Any], loc: tuple[str, ...]) -> bool:
+    """Whether `tree` sets `loc` or a section above it (an override of a whole section owns its fields)."""
+    node: Any = tree
+    for key in loc:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return bool(loc)
+
+
+def _line_of(text: str, loc: tuple[str, ...]) -> int | None:
+    """The 1-based line of the deepest key of `loc` found in the YAML `text`."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for key in loc:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == key), None)
+        if match is None:
+            break
+        line, node = match[0].start_mark.line + 1, match[1]
+    return line
+
+
+def _problem(settings_cls: type[BaseModel], sources: _Sources, err: Any) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown field"
+        known = _field_names(settings_cls, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        if close:
+            message += f"; did you mean {'.'.join((*loc[:-1], close[0]))!r}?"
+        elif known:
+            message += f"; known here: {', '.join(sorted(known))}"
+    if not loc:  # a check across sections: its message names the fields
+        return f"{sources.path or 'settings'}: {message}"
+    return f"{sources.origin(loc)}: {message}"
+
+
+def _field_names(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
+    """Field names of the settings section at `loc` (through `dict[str, Section]` tables such as `llms`)."""
+    annotation: Any = model
+    for key in loc:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(key)
+            if field is None:
+                return []
+            annotation = field.annotation
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return []
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []

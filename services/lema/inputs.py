@@ -97,11 +97,12 @@ def question_from_row(row: Mapping[str, Any], fmt: Format, task: Task | None, so
     task = task or TASK_OF_FORMAT[fmt]
     if fmt == "gsm8k":
         text, solution = _text(row, "question"), _text(row, "answer")
+        if "####" not in solution:  # never guess a gold from prose: "2+2 is four" is not a gold of 2
+            raise ValueError("field 'answer': no gold answer (a GSM8K answer ends with '#### <number>')")
         gold = extract_gold(solution, task)
         if gold is None or (task == "gsm8k" and not is_numeric_answer(gold)):
-            raise ValueError("field 'answer': no gold answer (expected a number or a solution ending '#### N')")
-        reference = gsm8k_steps(solution, gold) if "####" in solution else None
-        return Question.create(text, gold, task, source, reference_solution=reference)
+            raise ValueError("field 'answer': no gold answer (the text after '####' is not a number)")
+        return Question.create(text, gold, task, source, reference_solution=gsm8k_steps(solution, gold))
     if fmt == "math":
         text, solution = _text(row, "problem"), _text(row, "solution")
         gold = extract_gold(solution, task) if "\\boxed" in solution or "\\fbox" in solution else None

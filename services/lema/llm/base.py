@@ -7,7 +7,10 @@ other requests share its batch: that is what lets a resumed run or another repli
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -40,12 +43,35 @@ class Completion:
 
 @dataclass
 class TokenUsage:
-    """Running totals a backend keeps; read by the run summary and the Prometheus exporter."""
+    """Running totals a backend keeps; read by the run summary and the Prometheus exporter.
+
+    `seconds` sums each request's latency (concurrent requests overlap, so it can exceed the run's length);
+    `busy_seconds` is wall time during which at least one `generate` call was in flight.
+    """
 
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    busy_seconds: float = 0.0
+    _in_flight: int = field(default=0, repr=False, compare=False)
+    _busy_since: float = field(default=0.0, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Wrap a `generate` call: overlapping calls (threads, an event loop) count their wall time once."""
+        with self._lock:
+            if self._in_flight == 0:
+                self._busy_since = time.perf_counter()
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self.busy_seconds += time.perf_counter() - self._busy_since
 
     def add(self, completions: Sequence[Completion], seconds: float) -> None:
         self.requests += 1

@@ -71,7 +71,8 @@ class OpenAIBackend:
         return self._usage
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
-        return self._run(self._generate(requests))
+        with self._usage.busy():
+            return self._run(self._generate(requests))
 
     def close(self) -> None:
         if self._loop.is_closed():

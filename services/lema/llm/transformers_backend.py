@@ -81,7 +81,7 @@ class TransformersBackend:
         size = self._settings.batch_size
         finished: dict[tuple[int, int], Completion] = {}
         started = time.perf_counter()
-        with self._lock:
+        with self._lock, self._usage.busy():
             for start in range(0, len(rows), size):
                 batch = rows[start : start + size]
                 for row, completion in zip(batch, self._generate_batch(batch), strict=True):

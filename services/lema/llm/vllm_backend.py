@@ -62,7 +62,8 @@ class VLLMBackend:
                     )
                 )
         started = time.perf_counter()
-        outputs = iter(self._engine.chat(conversations, sampling, use_tqdm=False))
+        with self._usage.busy():
+            outputs = iter(self._engine.chat(conversations, sampling, use_tqdm=False))
         share = (time.perf_counter() - started) / max(len(requests), 1)
         results = []
         for request in requests:

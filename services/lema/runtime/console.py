@@ -1,7 +1,12 @@
-"""Terminal presentation of an embedded run: a progress bar per stage with rates, and the summary table."""
+"""Terminal presentation of an embedded run: a progress bar per stage with rates, and the summary table.
+
+Where stderr is not a terminal (CI, `nohup`, Kubernetes logs) bars would print nothing useful, so one plain
+progress line is written at intervals instead.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,8 +20,17 @@ from lema.runtime.embedded import ProgressHook
 STAGES = ("sample", "check", "correct", "verify", "evolve")
 
 
+PROGRESS_LINE_INTERVAL_S = 30.0
+
+
 @contextmanager
-def stage_progress(console: Console) -> Iterator[ProgressHook]:
+def stage_progress(console: Console, line_interval_s: float = PROGRESS_LINE_INTERVAL_S) -> Iterator[ProgressHook]:
+    """Live bars on a terminal; elsewhere a line such as `progress 0:01:30 sample 12/24 check 6/12` every
+    `line_interval_s` seconds, and a last one when the stages finish."""
+    if not console.is_terminal:
+        with _progress_lines(console, line_interval_s) as update:
+            yield update
+        return
     columns = (
         TextColumn("{task.description:>8}"),
         BarColumn(),
@@ -36,6 +50,32 @@ def stage_progress(console: Console) -> Iterator[ProgressHook]:
             progress.update(task, total=state.completed + pending, rate=state.completed / max(state.elapsed or 0, 1e-9))
 
         yield update
+
+
+@contextmanager
+def _progress_lines(console: Console, interval_s: float) -> Iterator[ProgressHook]:
+    start = time.monotonic()
+    counts = {stage: [0, 0] for stage in STAGES}  # done, total (done + still pending)
+    last = start
+
+    def line() -> None:
+        elapsed = int(time.monotonic() - start)
+        stages = " ".join(f"{s} {done}/{total}" for s, (done, total) in counts.items() if total)
+        console.file.write(f"progress {elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d} {stages}\n")
+        console.file.flush()
+
+    def update(stage: str, done: int, pending: int) -> None:
+        nonlocal last
+        if stage not in counts:
+            return
+        counts[stage][0] += done
+        counts[stage][1] = counts[stage][0] + pending
+        if time.monotonic() - last >= interval_s:
+            last = time.monotonic()
+            line()
+
+    yield update
+    line()
 
 
 def summary_table(summary: dict[str, Any]) -> Table:

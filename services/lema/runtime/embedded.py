@@ -8,6 +8,8 @@ the journal, and deterministic ids make the final dataset identical to an uninte
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -20,9 +22,10 @@ import yaml
 
 from lema.bus.base import Message, Topics
 from lema.bus.memory import MemoryBus
-from lema.config import LemaSettings, LLMSettings
+from lema.config import ConfigError, LemaSettings, LLMSettings
 from lema.inputs import load_questions
 from lema.llm.base import LLMBackend
+from lema.llm.factory import check_reachable
 from lema.llm.journal import JournaledBackend
 from lema.pipeline import (
     STAGE_OF,
@@ -75,9 +78,12 @@ class EmbeddedPipeline:
         settings: LemaSettings,
         backend_factory: BackendFactory = default_backend_factory,
         progress: ProgressHook | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.settings = settings
         self.progress = progress
+        self.overwrite = overwrite
+        self._prepared = False
         self.journal_dir = settings.run.work_dir / settings.run.name / "journal"
         self.resources = Resources(settings, journaled(backend_factory, self.journal_dir))
         self.store = create_store(settings.store)
@@ -89,6 +95,49 @@ class EmbeddedPipeline:
         """Read and validate every input question first: bad input fails before a single LLM call."""
         source = self.settings.input
         return load_questions(source.path, source.format, source.task, source.limit)
+
+    def prepare(self, questions: list[Question]) -> None:
+        """Everything that can fail before the first LLM call: the run name's claim, then each LLM (an unknown
+        model or an unreachable server fails here, in one line, rather than under the progress bars)."""
+        if self._prepared:
+            return
+        self._claim_run_name(questions)
+        for name in self._llm_names():
+            check_reachable(self.settings.llms[name])
+            self.resources.llm(name)
+        self._prepared = True
+
+    def _llm_names(self) -> list[str]:
+        evolve = self.settings.evolve
+        names = [*self.settings.sample.models, self.settings.correct.model]
+        if evolve.enabled and evolve.rounds > 0:
+            names += [evolve.model, *evolve.answer_models]
+        return list(dict.fromkeys(names))
+
+    def _claim_run_name(self, questions: list[Question]) -> None:
+        """A run name holds one input's dataset. The same input resumes; another input is refused unless
+        `overwrite`, which first deletes what the name held, so no file of the old run survives next to the new."""
+        prefix = self.settings.run.name
+        claim = {
+            "input": self.settings.input.path,
+            "questions": len(questions),
+            "fingerprint": hashlib.sha256("\n".join(q.id for q in questions).encode()).hexdigest(),
+        }
+        key = f"{prefix}/input.json"
+        held = self.store.list(f"{prefix}/")
+        if held and not self.overwrite:
+            previous = json.loads(self.store.get_bytes(key)) if key in held else {}
+            if previous.get("fingerprint") != claim["fingerprint"]:
+                was = f"{previous['input']}, {previous['questions']} questions" if previous else "an unknown input"
+                raise ConfigError(
+                    f"run.name {prefix!r}: {self.store.uri(prefix)} already holds a run of {was}, not of "
+                    f"{claim['input']} ({claim['questions']} questions); choose another run.name, or pass "
+                    "--overwrite to replace it"
+                )
+        if self.overwrite:
+            for stale in held:
+                self.store.delete(stale)
+        self.store.put_bytes(key, json.dumps(claim).encode())
 
     def _save_run_config(self) -> None:
         """The resolved settings and the prompts in force go to the store beside the dataset they produced."""
@@ -102,6 +151,7 @@ class EmbeddedPipeline:
     # -- run ---------------------------------------------------------------------------------------------------
     def run(self, questions: list[Question] | None = None) -> RunResult:
         questions = self.load_questions() if questions is None else questions
+        self.prepare(questions)
         self._save_run_config()
         start = time.perf_counter()
         workers = [make(self.settings, self.resources) for make in WORKERS.values()]
@@ -144,7 +194,7 @@ class EmbeddedPipeline:
                 "requests": usage.requests,
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
-                "generate_seconds": round(usage.seconds, 3),
+                "generate_seconds": round(usage.busy_seconds, 3),  # wall time, however many requests overlap
                 "journal_hits": backend.hits if isinstance(backend, JournaledBackend) else 0,
             }
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -60,6 +61,12 @@ def submit(
         raise typer.Exit(1)
 
 
+class EvalBackend(StrEnum):
+    transformers = "transformers"
+    vllm = "vllm"
+    openai = "openai"
+
+
 eval_app = typer.Typer(no_args_is_help=False, help="Greedy accuracy of a model (and adapter) on a question file.")
 
 
@@ -72,7 +79,8 @@ def evaluate_model(
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N questions.", min=1)] = None,
     output: Annotated[Path, typer.Option(help="Per-item results (JSONL).")] = Path("runs/eval/results.jsonl"),
     baseline: Annotated[Path | None, typer.Option(help="Results of an earlier run to compare against.")] = None,
-    backend: Annotated[str, typer.Option(help="LLM backend: transformers, vllm or openai.")] = "transformers",
+    backend: Annotated[EvalBackend, typer.Option(help="LLM backend.")] = EvalBackend.transformers,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server (with --backend openai).")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     max_tokens: Annotated[int, typer.Option(min=1)] = 256,
     device: str = "cpu",
@@ -84,14 +92,15 @@ def evaluate_model(
         raise typer.BadParameter("lema eval needs --model and --data (or a sub-command: compare)")
     from lema.config import LLMSettings
     from lema.inputs import load_questions
-    from lema.llm.factory import create_backend
+    from lema.llm.factory import check_reachable, create_backend
     from lema.training.evaluate import accuracy, compare, evaluate, merged_model_dir, read_results, write_results
 
     served = str(merged_model_dir(model, adapter, None)) if adapter is not None else model
     settings = LLMSettings.model_validate(
-        {"backend": backend, "model": served, "batch_size": batch_size, "device": device}
+        {"backend": backend.value, "model": served, "batch_size": batch_size, "device": device, "base_url": base_url}
     )
     questions = load_questions(data, limit=limit)
+    check_reachable(settings)
     llm = create_backend(settings)
     try:
         results = evaluate(llm, questions, max_tokens)
