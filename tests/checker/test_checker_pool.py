@@ -63,7 +63,9 @@ def test_a_worker_that_dies_mid_check_gives_checker_error(quick_checker: Checker
         target=lambda: outcome.append(quick_checker.check("\\boxed{(x+1)^{2000}}", "(x+2)^{2000}", "math").reason)
     )
     checking.start()
+    deadline = time.monotonic() + 120
     while checking.is_alive():  # kill whatever worker the check is waiting on, until the check gives up
+        assert time.monotonic() < deadline, "the check never gave up on its killed workers"
         for worker in list(quick_checker._pool._workers):
             _kill(worker._pid)
         checking.join(timeout=0.05)
@@ -75,7 +77,9 @@ def test_workers_that_died_idle_are_replaced_before_use(quick_checker: Checker) 
     workers = list(quick_checker._pool._workers)
     for worker in workers:
         _kill(worker._pid)
+    deadline = time.monotonic() + 30
     while any(worker.alive for worker in workers):
+        assert time.monotonic() < deadline, "killed workers still count as alive after 30 s"
         time.sleep(0.01)
     warm(quick_checker)
 
@@ -102,7 +106,9 @@ def test_close_stops_the_workers_and_frees_every_waiting_thread() -> None:
     for thread in threads:
         thread.join(timeout=30)
     assert sorted(outcomes) == ["checker_error", "the checker is closed", "the checker is closed"]
+    deadline = time.monotonic() + 30
     while any(_running(pid) for pid in pids):
+        assert time.monotonic() < deadline, "worker processes outlived close() by 30 s"
         time.sleep(0.01)
     with pytest.raises(RuntimeError, match="closed"):
         checker.check("\\boxed{x+1}", "1+x", "math")

@@ -94,7 +94,9 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(
             victim = services[kills[index]]
             victim.wait_serving()
             busy_since = victim.metric("lema_stage_records_in")
+            deadline = time.monotonic() + 120
             while victim.metric("lema_stage_records_in") == busy_since:
+                assert time.monotonic() < deadline, f"{victim.service} took no record in 120 s"
                 time.sleep(0.05)
             assert victim.kill() == -9
             services[victim.service] = ServiceChild(victim.service, config, victim.log, victim.env).start()

@@ -164,8 +164,9 @@ def test_consumer_lag_is_exported(broker: LocalBroker) -> None:
     resources = Resources(LemaSettings())
     worker = KafkaWorker(build_worker("checker", LemaSettings(), resources), settings, client_id="test-lag")
     try:
-        consumed = 0
+        consumed, deadline = 0, time.monotonic() + 60
         while consumed == 0:
+            assert time.monotonic() < deadline, "the worker consumed nothing in 60 s"
             consumed = worker.step(0.5)
     finally:
         worker.close()

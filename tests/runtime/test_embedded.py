@@ -104,7 +104,14 @@ def test_whole_loop_produces_dataset_and_summary(uninterrupted: tuple[Path, str]
     assert summary["stages"]["check"]["correct"] + summary["stages"]["check"]["wrong"] == 6
     assert summary["dataset"]["cot_gold"] == 3
     assert summary["llms"]["smollm2"]["completion_tokens"] > 0
-    assert all(count > 0 for count in summary["drops"].values())
+    for stage, count in [
+        ("correct", summary["stages"]["correct"]["dropped"]),
+        ("verify", summary["stages"]["verify"]["rejected"]),
+        ("evolve", summary["stages"]["evolve"]["dropped"]),
+    ]:
+        by_reason = sum(n for key, n in summary["drops"].items() if key.startswith(f"{stage}/"))
+        assert by_reason == count, (stage, summary["drops"])  # the per-reason view adds up to the per-stage one
+    assert all(key.partition("/")[2] for key in summary["drops"]), summary["drops"]  # every drop has a reason
     drops = summary["stages"]["correct"]["dropped"] + summary["stages"]["verify"]["rejected"]
     assert summary["stages"]["correct"]["mistakes"] == drops + summary["stages"]["verify"]["verified"]
     for line in (root / "corrections.jsonl").read_text().splitlines():
