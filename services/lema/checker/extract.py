@@ -112,10 +112,10 @@ def extract_answer(
     boxed = boxed_answer(text)
     if boxed:
         found.append((boxed.start, boxed.reason, boxed.content))
-    for _, reason, phrase in sorted(found, key=lambda item: item[0], reverse=True):
-        if phrase is None:
+    for _, reason, stated in sorted(found, key=lambda item: item[0], reverse=True):
+        if stated is None:
             return Extraction(None, reason)
-        phrase = _cut_negated_tail(phrase.strip().strip("*").strip())
+        phrase = _cut_negated_tail(stated.strip().strip("*").strip())
         if reason != "boxed" and _NOT_AN_ANSWER.match(phrase):
             continue  # '… \\boxed{44}, so our answer is correct': the box states the answer, not this phrase
         if task != "mcq" and _hedged(phrase, task):
