@@ -93,7 +93,10 @@ class EvolveSettings(Section):
 
 
 class CheckerSettings(Section):
-    percent_policy: Literal["strict", "lenient"] = Field("strict", description="Whether '50%' equals '50'.")
+    percent_policy: Literal["by_task", "strict", "lenient"] = Field(
+        "by_task",
+        description="Whether '50%' equals '50': by_task follows each dataset's graders (MATH: yes; GSM8K: no).",
+    )
     timeout_s: float = Field(5.0, gt=0)
     workers: int = Field(2, gt=0, description="Processes for symbolic (LaTeX) checks.")
 

@@ -108,12 +108,15 @@ class CheckerWorker:
 
     def __init__(self, settings: LemaSettings, resources: Resources) -> None:
         self.resources = resources
+        self.show_gold = settings.correct.show_gold
 
     def process(self, topic: str, records: Sequence[Record]) -> list[Message]:
         if topic == Topics.PATHS:
             checked = check_attempts(_typed(records, Attempt), self.resources.checker)
             return [Message(Topics.COT if a.path.verdict == "correct" else Topics.MISTAKES, a.key, a) for a in checked]
-        verified, drops = verify_corrections(_typed(records, CorrectedAttempt), self.resources.checker)
+        verified, drops = verify_corrections(
+            _typed(records, CorrectedAttempt), self.resources.checker, show_gold=self.show_gold
+        )
         return _messages(Topics.VERIFIED, verified) + _messages(Topics.DROPS, drops)
 
 

@@ -151,3 +151,40 @@ def test_the_command_writes_clean_jsonl_to_stdout_with_workers_running(tmp_path:
         {"correct": True, "predicted": "\\frac{\\sqrt{2}}{2}", "reason": "symbolic_equal"},
         {"correct": False, "predicted": "x^2", "reason": "symbolic_mismatch"},
     ]
+
+
+def test_bad_input_of_every_kind_is_one_line_and_the_rest_is_checked(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    huge = "9" * 5_000  # past Python's 4,300-digit conversion limit
+    source.write_bytes(
+        b"\xef\xbb\xbf"  # a byte-order mark
+        + b'{"response": "The answer is 18.", "gold": 18}\n'
+        + b'{"response": "The answer is \\ud800 5.", "gold": "5"}\n'  # a lone surrogate
+        + b'{"response": "x", "gold": NaN}\n'
+        + b'{"response": "x", "gold": -Infinity}\n'
+        + b'{"response": "The answer is 10000000000000000.", "gold": 1e16}\n'
+        + b'{"response": "The answer is 0.00001.", "gold": 0.00001}\n'
+        + f'{{"response": "The answer is 1.", "gold": {huge}}}\n'.encode()
+        + b'{"response": 5, "gold": "5"}\n'
+    )
+    result = RUNNER.invoke(app, ["check", "--task", "gsm8k", "--input", str(source), "--skip-bad"])
+    assert result.exit_code == 0, result.output
+    lines = _lines(result.stdout)
+    assert [line["correct"] for line in lines] == [True, True, False, False, True, True, False, False]
+    assert [line["reason"] == "bad_input" for line in lines] == [False, False, True, True, False, False, False, True]
+    assert "in.jsonl:3: NaN" in lines[2]["error"] and "in.jsonl:8: field 'response'" in lines[7]["error"]
+    assert "skipped 3 bad line(s) of 8; first: " in result.stderr
+
+
+def test_a_lone_surrogate_in_a_predicted_answer_is_written_escaped(tmp_path: Path) -> None:
+    source = _write(tmp_path / "in.jsonl", ['{"response": "The answer is \\\\text{a\\ud800}.", "gold": "b"}'])
+    result = RUNNER.invoke(app, ["check", "--task", "math", "--input", str(source)])
+    assert result.exit_code == 0, result.output
+    assert _lines(result.stdout)[0]["predicted"] == "\\text{a\ud800}"
+
+
+def test_an_empty_file_says_so(tmp_path: Path) -> None:
+    source = _write(tmp_path / "in.jsonl", ["", "  "])
+    result = RUNNER.invoke(app, ["check", "--task", "gsm8k", "--input", str(source)])
+    assert result.exit_code == 0 and result.stdout == ""
+    assert "no check requests" in result.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lema.checker import Checker, Extraction, extract_answer, extract_gold
-from lema.checker.latex import boxed_answer, normalize_latex, strip_math_delimiters
+from lema.checker.latex import Boxed, boxed_answer, normalize_latex, strip_math_delimiters
 from lema.config import CheckerSettings
 from lema.records import Task
 
@@ -91,18 +91,22 @@ def test_an_invalid_pattern_is_a_clear_error() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("\\boxed{1}", (0, "1")),
-        ("a \\boxed{\\frac{1}{\\sqrt{2}}} b", (2, "\\frac{1}{\\sqrt{2}}")),
-        ("\\boxed{1} then \\boxed{2}", (15, "2")),
-        ("\\boxed{1}, \\boxed{2}", (0, "1, 2")),
-        ("$\\boxed{1}$ or $\\boxed{2}$", (1, "1, 2")),
-        ("\\boxed{\\{1\\}}", (0, "\\{1\\}")),
-        ("\\boxed{1", (0, None)),
+        ("\\boxed{1}", (0, "1", "boxed")),
+        ("a \\boxed{\\frac{1}{\\sqrt{2}}} b", (2, "\\frac{1}{\\sqrt{2}}", "boxed")),
+        ("\\boxed{1} then \\boxed{2}", (15, "2", "boxed")),
+        ("\\boxed{1}, \\boxed{2}", (0, "1, 2", "boxed")),
+        ("\\boxed{1} \\quad \\text{and} \\quad \\boxed{2}", (0, "1, 2", "boxed")),
+        ("\\(y_1 = \\boxed{1}\\) and \\(y_2 = \\boxed{2}\\)", (8, "1, 2", "boxed")),
+        ("\\boxed{3} so \\boxed{3}", (13, "3", "boxed")),
+        ("$\\boxed{1}$ or $\\boxed{2}$", (1, None, "hedged")),
+        ("\\boxed{7}, but it could also be \\boxed{8}", (32, None, "hedged")),
+        ("\\boxed{\\{1\\}}", (0, "\\{1\\}", "boxed")),
+        ("\\boxed{1", (0, None, "unclosed_boxed")),
         ("no box", None),
     ],
 )
-def test_boxed_answer(text: str, expected: tuple[int, str | None] | None) -> None:
-    assert boxed_answer(text) == expected
+def test_boxed_answer(text: str, expected: tuple[int, str | None, str] | None) -> None:
+    assert boxed_answer(text) == (Boxed(*expected) if expected else None)
 
 
 def test_latex_normalization() -> None:

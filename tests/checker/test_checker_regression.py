@@ -187,7 +187,8 @@ MATH = [
     Case("units", "math", "\\boxed{10\\sqrt{2}\\text{ cm}}", "10\\sqrt2", True),
     Case("units", "math", "\\boxed{5\\text{ cm}}", "6", False),
     Case("units", "math", "\\boxed{12\\text{ inches}}", "12", True),
-    Case("percent", "math", "\\boxed{50\\%}", "50", False, "percent_mismatch"),
+    Case("percent", "math", "\\boxed{50\\%}", "50", True, "numeric_equal"),  # MATH graders drop the sign
+    Case("percent", "math", "\\boxed{51\\%}", "50", False, "numeric_mismatch"),
     Case("percent", "math", "\\boxed{50\\%}", "50\\%", True),
     Case("percent", "math", "\\boxed{50\\%}", "\\frac{1}{2}", True),
     Case("tiny_values", "math", "\\boxed{\\frac{1}{2^{99}}}", "\\frac{1}{2^{98}}", False, "symbolic_mismatch"),

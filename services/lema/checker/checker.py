@@ -16,14 +16,16 @@ from types import TracebackType
 
 from lema.checker.choices import choice_letter, compare_choices, text_key
 from lema.checker.extract import compile_patterns, extract_answer, extract_gold
-from lema.checker.latex import normalize_latex
+from lema.checker.latex import normalize_latex, unit_of
 from lema.checker.numbers import (
     PercentPolicy,
+    PercentSetting,
     number_key,
     number_lists_equal,
     numbers_equal,
     parse_number,
     parse_number_list,
+    percent_policy_for,
 )
 from lema.checker.pool import SymbolicPool
 from lema.config import CheckerSettings
@@ -101,7 +103,7 @@ class Checker:
         decided = (
             compare_choices(gold, predicted, item.choices)
             if item.task == "mcq"
-            else _compare_plain(gold, predicted, self._settings.percent_policy)
+            else _compare_plain(gold, predicted, percent_policy_for(self._settings.percent_policy, item.task))
         )
         if decided is not None:
             return CheckResult(decided[0], predicted, decided[1])
@@ -118,7 +120,10 @@ class Checker:
 
 def _compare_plain(gold: str, predicted: str, policy: PercentPolicy) -> tuple[bool, str] | None:
     """The verdict when both answers are numbers, tuples/intervals/sets of numbers with the same brackets, or the
-    same LaTeX; None when none of these decides."""
+    same LaTeX; None when none of these decides. Two different units ('5 cm', '5 m') are never equal."""
+    gold_unit, predicted_unit = unit_of(gold), unit_of(predicted)
+    if gold_unit and predicted_unit and gold_unit != predicted_unit:
+        return False, "unit_mismatch"
     gold_number, predicted_number = parse_number(gold), parse_number(predicted)
     if gold_number and predicted_number:
         if numbers_equal(gold_number, predicted_number, policy):
@@ -137,7 +142,7 @@ def _compare_plain(gold: str, predicted: str, policy: PercentPolicy) -> tuple[bo
     return None
 
 
-def canonical_answer(answer: str, task: Task, percent_policy: PercentPolicy = "strict") -> str:
+def canonical_answer(answer: str, task: Task, percent_policy: PercentSetting = "by_task") -> str:
     """A key under which equal answers group, for majority votes: '18', '18.0' and '$18' share one.
 
     Cheap (no sympy): numbers are keyed by exact value, other LaTeX by its normalised spelling, choices by letter.
@@ -147,5 +152,5 @@ def canonical_answer(answer: str, task: Task, percent_policy: PercentPolicy = "s
         return choice_letter(bare, ()) or text_key(bare)
     number = parse_number(bare)
     if number:
-        return number_key(number, percent_policy)
+        return number_key(number, percent_policy_for(percent_policy, task))
     return normalize_latex(bare) if task == "math" else re.sub(r"\s+", " ", bare.strip().lower())

@@ -28,6 +28,14 @@ class BadLine(ValueError):
     """An input line that is not a valid check request; the message names the file, line and field."""
 
 
+class _JsonNumber(str):
+    """A JSON number kept as written: '1e16' and '0.00001' stay exact, and no integer of any length is converted."""
+
+
+def _no_constant(name: str) -> None:
+    raise BadLine(f"{name} is not a number any answer can equal")
+
+
 def check_command(
     task: Annotated[Literal["gsm8k", "math", "mcq"], typer.Option("--task", help="Answer format.")],
     input_path: Annotated[
@@ -61,6 +69,9 @@ def check_command(
     except ValueError as exc:  # a bad setting, input line or answer pattern
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if not requests:
+        typer.echo(f"{input_path}: no check requests (the file has no non-blank lines)", err=True)
+    skipped = [request for request in requests if isinstance(request, BadLine)]
     with checker, _output(output_path) as output:
         for start in range(0, len(requests), _BATCH):
             chunk = requests[start : start + _BATCH]
@@ -77,8 +88,20 @@ def check_command(
                 else:
                     result = next(results)
                     line = {"correct": result.correct, "predicted": result.predicted, "reason": result.reason}
-                output.write(json.dumps(line, ensure_ascii=False) + "\n")
+                output.write(_json_line(line))
             output.flush()
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} bad line(s) of {len(requests)}; first: {skipped[0]}", err=True)
+
+
+def _json_line(line: dict[str, Any]) -> str:
+    """One output line; a lone surrogate from the input (valid JSON, not encodable text) is written escaped."""
+    text = json.dumps(line, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(line)
+    return text + "\n"
 
 
 def read_requests(path: Path, task: Task) -> Iterator[CheckItem | BadLine]:
@@ -87,7 +110,7 @@ def read_requests(path: Path, task: Task) -> Iterator[CheckItem | BadLine]:
         for number, raw in enumerate(lines, start=1):
             where = f"{path}:{number}"
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a byte-order mark may open the file
             except UnicodeDecodeError as exc:
                 yield BadLine(f"{where}: not UTF-8 text (byte {exc.start}: {exc.reason})")
                 continue
@@ -103,21 +126,26 @@ def read_requests(path: Path, task: Task) -> Iterator[CheckItem | BadLine]:
 
 def _fields(text: str, task: Task, where: str) -> dict[str, Any]:
     try:
-        row = json.loads(text)
+        row = json.loads(text, parse_int=_JsonNumber, parse_float=_JsonNumber, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise BadLine(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except BadLine as exc:
+        raise BadLine(f"{where}: {exc}") from None
     if not isinstance(row, dict):
         raise BadLine(f"{where}: expected a JSON object, got {type(row).__name__}")
     for name in ("response", "gold"):
         if name not in row:
             raise BadLine(f"{where}: missing field {name!r}")
         value = row[name]
-        if isinstance(value, int | float) and not isinstance(value, bool) and name == "gold":
-            row[name] = str(value)  # a numeric gold such as 18 is clear enough
-        elif not isinstance(value, str):
-            raise BadLine(f"{where}: field {name!r}: expected a string, got {type(value).__name__}")
+        if isinstance(value, _JsonNumber) and name == "gold":
+            row[name] = str.__str__(value)  # a numeric gold such as 18 is clear enough, kept as written
+        elif isinstance(value, _JsonNumber) or not isinstance(value, str):
+            kind = "number" if isinstance(value, _JsonNumber) else type(value).__name__
+            raise BadLine(f"{where}: field {name!r}: expected a string, got {kind}")
     choices = row.get("choices", [])
-    if not isinstance(choices, list) or not all(isinstance(choice, str) for choice in choices):
+    if not isinstance(choices, list) or not all(
+        isinstance(choice, str) and not isinstance(choice, _JsonNumber) for choice in choices
+    ):
         raise BadLine(f"{where}: field 'choices': expected a list of strings")
     if choices and task != "mcq":
         raise BadLine(f"{where}: field 'choices' is only for --task mcq (this is --task {task})")

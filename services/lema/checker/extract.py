@@ -29,13 +29,42 @@ def _last_of(pattern: str, flags: int = 0) -> re.Pattern[str]:
 # (reason, words one of which the text must contain, the marker): the words spare a regex scan of most texts.
 _MARKERS = (
     ("answer_is", ("answer", "option", "choice"), _last_of(r"\b(?:answer|option|choice)\s+is\b\s*:?", re.IGNORECASE)),
-    ("answer_colon", ("answer",), _last_of(r"\banswer\s*\**\s*:", re.IGNORECASE)),
+    (
+        "answer_colon",
+        ("answer", "option", "choice"),
+        _last_of(r"\b(?:answer|option|choice)\s*\**\s*(?::|(?=\$|\\\[|\\\())", re.IGNORECASE),
+    ),
+    ("answer_heading", ("answer",), _last_of(r"\bfinal\s+answer\b[ \t*#]*\n", re.IGNORECASE)),
+    (
+        "chosen",
+        ("choose", "chose", "select", "pick", "go with"),
+        _last_of(r"\b(?:choose|chose|select|pick|go with)\b(?:\s+(?:option|choice|answer))?\s*:?", re.IGNORECASE),
+    ),
     ("hash_marks", ("####",), _last_of(r"####")),
 )
+# What a marker may be followed by that is no answer: 'so our answer is correct', 'the answer is not 18'.
+_NOT_AN_ANSWER = re.compile(
+    r"(?:not|never|n't|also|incorrect|correct|right|wrong|valid|invalid|reasonable|consistent|verified|confirmed"
+    r"|accurate|indeed|as follows|following|below|above|shown|clear|obvious|sound|plausible|the same|this|that)\b",
+    re.IGNORECASE,
+)
+# A negated mention ends the answer phrase: 'A (x), not B (y)', '20 rather than 18'.
+_NEGATED_TAIL = re.compile(r"[,;]\s*(?:not|but not)\b|\s+(?:rather than|instead of)\b", re.IGNORECASE)
+# A negated mention inside prose never counts: 'the number is not 10 which is 1,000.99'.
+_NEGATED = re.compile(
+    r"\b(?:not|never)\s+(?:about\s+|equal\s+to\s+|exactly\s+|just\s+)?(?:\$[^$]*\$|\S+)", re.IGNORECASE
+)
+_HEDGE_WORD = re.compile(r"\bor\b|\\text\{\s*or\s*\}", re.IGNORECASE)  # '7 or 8' is two answers, not one
+_CONCLUSION = _last_of(r"\b(?:therefore|thus|hence|so|in conclusion|in summary|finally)\b,?", re.IGNORECASE)
+_COPULA = _last_of(r"(?:\s(?:is|are|equals|was|be|becomes)\s|=|:\s)")
+_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+_WORD = re.compile(r"(?<![\\\w])(?!(?:and|or)\b)[A-Za-z]{2,}\b")  # 'and' / 'or' join answers, they make no prose
+_COMMAND_ARGUMENT = re.compile(r"\\[A-Za-z]+(?:\{[^{}]*\})?")
 _LAST_NUMBER = _last_of(r"(?<![\w.,/])-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?")
 _SENTENCE_END = re.compile(r"\.(?!\d)|\n")
 _MATH_OPENINGS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 _PHRASE_LIMIT = 2_000  # characters read after a marker; an answer is never longer
+_MARKER_OCCURRENCES = 3  # the last few of each marker: a later 'the answer is correct' must not hide the answer
 _BARE_LIMIT = 200  # a response this short, on one line, with no marker, may be the answer itself
 
 
@@ -73,15 +102,24 @@ def extract_answer(
             found.append((match.start(), "pattern", phrase))
     lowered = text.lower()
     for reason, words, marker in _MARKERS:
-        match = marker.match(text) if any(word in lowered for word in words) else None
-        if match:
+        end = len(text) if any(word in lowered for word in words) else 0
+        for _ in range(_MARKER_OCCURRENCES):
+            match = marker.match(text, 0, end)
+            if match is None:
+                break
             found.append((match.start("last"), reason, _phrase_after(text, match.end("last"))))
+            end = match.start("last")
     boxed = boxed_answer(text)
     if boxed:
-        found.append((boxed[0], "boxed" if boxed[1] is not None else "unclosed_boxed", boxed[1]))
-    for _, reason, phrase in sorted(found, key=lambda item: item[0], reverse=True):
-        if phrase is None:
+        found.append((boxed.start, boxed.reason, boxed.content))
+    for _, reason, stated in sorted(found, key=lambda item: item[0], reverse=True):
+        if stated is None:
             return Extraction(None, reason)
+        phrase = _cut_negated_tail(stated.strip().strip("*").strip())
+        if reason != "boxed" and _NOT_AN_ANSWER.match(phrase):
+            continue  # '… \\boxed{44}, so our answer is correct': the box states the answer, not this phrase
+        if task != "mcq" and _hedged(phrase, task):
+            return Extraction(None, "hedged")
         answer = _answer_in_phrase(phrase, task, choices)
         if answer:
             return Extraction(answer, reason)
@@ -103,27 +141,87 @@ def extract_gold(text: str, task: Task) -> str | None:
 
 
 def _answer_in_phrase(phrase: str, task: Task, choices: Sequence[str]) -> str | None:
-    """The answer in the words after a marker: '$1,234.50 in total.' -> '$1,234.50' for GSM8K."""
-    phrase = strip_math_delimiters(phrase.strip().strip("*").strip())
+    """The answer in the words after a marker: '$1,234.50 in total.' -> '$1,234.50' for GSM8K, 'The largest $n$ is
+    34' -> '34' for MATH."""
+    phrase = phrase.strip().strip("*").strip()
+    if task == "math" and _is_prose(phrase):
+        phrase = _math_in_prose(phrase)
+    phrase = strip_math_delimiters(phrase).strip().rstrip(".").strip('"').strip()
     if not phrase:
         return None
     if task == "mcq":
         return choice_letter(phrase, choices) or phrase
     if task == "gsm8k" and parse_number(phrase) is None:
-        return find_number(phrase) or phrase
+        return find_number(_NEGATED.sub(" ", phrase)) or phrase
     return phrase
 
 
+def _cut_negated_tail(phrase: str) -> str:
+    """'20, not 18' -> '20'; 'not 18' stays (it is no answer at all, which the caller sees)."""
+    negated = _NEGATED_TAIL.search(phrase)
+    return phrase[: negated.start()] if negated and negated.start() > 0 else phrase
+
+
+def _hedged(phrase: str, task: Task) -> bool:
+    """Whether the phrase offers alternatives ('7 or 8', '$x=2$ or $x=3$'): it then states no single answer."""
+    if not _HEDGE_WORD.search(phrase):
+        return False
+    if task == "gsm8k":
+        return len(set(re.findall(r"\d[\d,.]*", phrase))) > 1
+    return True
+
+
+def _is_prose(phrase: str) -> bool:
+    """Two or more words outside math spans and LaTeX commands: a sentence, not a bare answer."""
+    outside = _COMMAND_ARGUMENT.sub(" ", _MATH_SPAN.sub(" ", phrase))
+    return len(_WORD.findall(outside)) >= 2
+
+
+def _math_in_prose(sentence: str) -> str:
+    """The answer a sentence states: what follows its last 'is' / '=' / ': ' if that is math or a number, else its
+    last math span, else its first number; negated mentions ('not 10') never count. The sentence if none is found."""
+    text = _NEGATED.sub(" ", sentence)
+    masked = _MATH_SPAN.sub(lambda span: "$" + "_" * (len(span.group(0)) - 2) + "$", text)  # no '=' inside math
+    copula = _COPULA.match(masked)
+    tail = text[copula.end() :] if copula else None
+    if tail is not None and tail.strip() and not _is_prose(tail):
+        number = find_number(tail) if "$" not in tail and "\\" not in tail else None
+        return (
+            number if number and parse_number(tail.strip().rstrip(".")) is None else tail
+        )  # '1,000.99€' -> the number
+    for part in (tail, text):
+        if not part:
+            continue
+        spans = [next(group for group in span.groups() if group is not None) for span in _MATH_SPAN.finditer(part)]
+        if spans:
+            return spans[-1]
+        number = find_number(part)
+        if number:
+            return number
+    return sentence
+
+
 def _phrase_after(text: str, start: int) -> str:
-    """The answer phrase that follows a marker: a math span if one opens right there, else up to the sentence end."""
-    rest = text[start : start + _PHRASE_LIMIT].lstrip(" \t*:")
+    """The answer phrase that follows a marker: a math span if one opens right there, else up to the sentence end.
+    A marker that ends its line ('Final choice:', a 'Final Answer' heading) is followed by the next line."""
+    rest = text[start : start + _PHRASE_LIMIT].lstrip(" \t*:#")
+    if rest.startswith("\n"):
+        rest = rest.lstrip(" \t*:#\n")
     for opening, closing in _MATH_OPENINGS:
         if rest.startswith(opening):
-            close = rest.find(closing, len(opening))
+            close = _unescaped_find(rest, closing, len(opening))
             if close > 0:
                 return rest[len(opening) : close]
     sentence_end = _SENTENCE_END.search(rest)
     return rest[: sentence_end.start()] if sentence_end else rest
+
+
+def _unescaped_find(text: str, closing: str, start: int) -> int:
+    """The index of `closing` from `start`, skipping an escaped dollar ('\\$' is a currency sign)."""
+    index = text.find(closing, start)
+    while closing.startswith("$") and index > 0 and text[index - 1] == "\\":
+        index = text.find(closing, index + 1)
+    return index
 
 
 def _fallback(text: str, task: Task, choices: Sequence[str]) -> Extraction:
@@ -132,9 +230,15 @@ def _fallback(text: str, task: Task, choices: Sequence[str]) -> Extraction:
         return Extraction(number.group("last"), "last_number") if number else Extraction(None, "no_answer")
     bare = text.strip()
     if bare and len(bare) <= _BARE_LIMIT and "\n" not in bare:
-        answer = _answer_in_phrase(bare.rstrip("."), task, choices)
+        answer = _answer_in_phrase(_cut_negated_tail(bare.rstrip(".")), task, choices)
         if task == "math" or (answer and choice_letter(answer, choices)):
             return Extraction(answer, "bare")
+    conclusion = _CONCLUSION.match(text) if task == "math" else None
+    if conclusion:
+        phrase = _cut_negated_tail(_phrase_after(text, conclusion.end("last")))
+        answer = None if _hedged(phrase, task) else _answer_in_phrase(phrase, task, choices)
+        if answer:
+            return Extraction(answer, "conclusion")
     return Extraction(None, "no_answer")
 
 

@@ -15,24 +15,42 @@ from typing import Literal
 from lema.checker.latex import normalize_latex, strip_math_delimiters
 
 PercentPolicy = Literal["strict", "lenient"]
+PercentSetting = Literal["by_task", "strict", "lenient"]
+# The graders' convention per task: MATH graders strip a percent sign ('25\\%' is answered by '25'); GSM8K answers
+# are compared by value ('50%' is 0.5, not 50).
+_PERCENT_BY_TASK: dict[str, PercentPolicy] = {"math": "lenient", "gsm8k": "strict", "mcq": "strict"}
+
+
+def percent_policy_for(setting: PercentSetting, task: str) -> PercentPolicy:
+    """The percent policy that applies to `task` under the configured setting."""
+    return _PERCENT_BY_TASK.get(task, "strict") if setting == "by_task" else setting
+
 
 # An unsigned decimal: '1,234.50' (thousands separators only in groups of three), '016', '.5'.
 _UNSIGNED = r"(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)"
 _PERCENT = r"(?:\s?(?:%|\s?percent\b))"
 
-# A number inside running text: a sign and a currency sign in either order, an optional '/denominator', an optional
-# percent. It never starts inside a word or another number, so 'x2' or the '5' of '3.5' are not numbers.
+# A number inside running text: a sign and a currency sign in either order, a whole part before a fraction ('2 1/2'),
+# an optional '/denominator' or exponent ('1e5'), an optional percent. It never starts inside a word or another
+# number, so 'x2' or the '5' of '3.5' are not numbers.
 _NUMBER_IN_TEXT = re.compile(
-    rf"(?<![\w.,/])(?:[-−]?\\?\$\s?[-−]?|[-−])?{_UNSIGNED}(?:/{_UNSIGNED})?(?![\d/])(?:{_PERCENT})?",
+    rf"(?<![\w.,/])(?:[-−]?\\?\$\s?[-−]?|[-−])?(?:\d+\s(?=\d+/\d))?{_UNSIGNED}"
+    rf"(?:/{_UNSIGNED}|e[-+]?\d{{1,3}}(?!\w))?(?![\d/])(?:{_PERCENT})?",
     re.IGNORECASE,
 )
 
 # A whole answer that is exactly one number, after `_simplify` removed the LaTeX around it.
+# A mixed number is a whole part right before a fraction: '1\\frac{1}{4}' is 5/4 (see `_MIXED` for '2 1/2').
+# Scientific notation: '1e5', '2.5\\times10^{-3}'; the exponent is bounded so that no answer costs a huge integer.
 _WHOLE_NUMBER = re.compile(
-    rf"(?P<sign>[-+]?)(?:\\frac\{{(?P<top>-?{_UNSIGNED})\}}\{{(?P<bottom>-?{_UNSIGNED})\}}|\\frac(?P<top1>\d)(?P<bottom1>\d)"
-    rf"|(?P<numerator>{_UNSIGNED})(?:/(?P<denominator>{_UNSIGNED}))?)(?P<percent>%|percent)?",
+    rf"(?P<sign>[-+]?)(?:(?P<whole>\d+)?(?:\\frac\{{(?P<top>-?{_UNSIGNED})\}}\{{(?P<bottom>-?{_UNSIGNED})\}}"
+    rf"|\\frac(?P<top1>\d)(?P<bottom1>\d))"
+    rf"|(?P<numerator>{_UNSIGNED})(?:/(?P<denominator>{_UNSIGNED})"
+    rf"|(?:e|\\times10\^|\\cdot10\^)\{{?(?P<exponent>[-+]?\d{{1,3}})\}}?)?)(?P<percent>%|percent)?",
     re.IGNORECASE,
 )
+_MIXED = re.compile(r"(?<![\d.,])(\d+)\s+(\d+)\s*/\s*(\d+)(?![\d.])")  # '2 1/2': marked before spaces are removed
+_LIST_COMMA = re.compile(r",\s")  # '1, 100' is a list of two numbers, never one thousands-separated number
 
 _PLAIN = re.compile(r"-?\d+(?:\.\d+)?")  # most answers: no parsing beyond this
 _MAX_LENGTH = 1_000  # longer text is not one plain number; it goes to the symbolic path or fails as text
@@ -40,6 +58,7 @@ _MAX_LENGTH = 1_000  # longer text is not one plain number; it goes to the symbo
 _VARIABLE_PREFIX = re.compile(r"^[A-Za-z]=")
 _BRACKETED = re.compile(r"\s*(?P<opening>\\\{|[(\[])(?P<inner>.*)(?P<closing>\\\}|[)\]])\s*", re.DOTALL)
 _THOUSANDS_GROUP = re.compile(r"\d{3}")  # right after a comma with no space: '1,000' (a space makes it a list)
+_AND = re.compile(r"\s*,?\s*(?:\\text\{\s*and\s*\}|\band\b)\s*")  # '1, 2, and 3', '1 \\text{ and } 2': a list
 _GROUP = re.compile(r"\{([^{}]*)\}")
 
 
@@ -49,6 +68,7 @@ class Number:
 
     magnitude: Fraction
     percent: bool = False
+    decimal: bool = False  # written with a decimal point: '0.0833' may be a rounding of 1/12
 
     @property
     def value(self) -> Fraction:
@@ -77,8 +97,10 @@ def parse_number(text: str) -> Number | None:
     if len(text) > _MAX_LENGTH:
         return None
     if _PLAIN.fullmatch(text):
-        return Number(_exact(text))
-    match = _WHOLE_NUMBER.fullmatch(_simplify(text))
+        return Number(_exact(text), decimal="." in text)
+    if _LIST_COMMA.search(text):
+        return None
+    match = _WHOLE_NUMBER.fullmatch(_simplify(_MIXED.sub(r"\1\\frac{\2}{\3}", text)))
     if match is None:
         return None
     top = match["top"] or match["top1"] or match["numerator"]
@@ -87,7 +109,17 @@ def parse_number(text: str) -> Number | None:
     if denominator == 0:
         return None
     magnitude = numerator / denominator
-    return Number(-magnitude if match["sign"] == "-" else magnitude, percent=match["percent"] is not None)
+    if match["whole"]:
+        if magnitude < 0:
+            return None  # '2\\frac{-1}{2}' is no mixed number
+        magnitude += int(match["whole"])
+    if match["exponent"]:
+        magnitude *= Fraction(10) ** int(match["exponent"])
+    return Number(
+        -magnitude if match["sign"] == "-" else magnitude,
+        percent=match["percent"] is not None,
+        decimal="." in top and not match["exponent"],
+    )
 
 
 @dataclass(frozen=True)
@@ -107,9 +139,9 @@ class NumberList:
 
 def parse_number_list(text: str) -> NumberList | None:
     """`text` as a list of two or more plain numbers, or None (also when a comma may be a thousands separator)."""
-    if len(text) > _MAX_LENGTH or "," not in text:
+    if len(text) > _MAX_LENGTH or ("," not in text and "and" not in text):
         return None
-    bare = strip_math_delimiters(text).replace("\\left", "").replace("\\right", "")
+    bare = _AND.sub(",", strip_math_delimiters(text).replace("\\left", "").replace("\\right", ""))
     listed = _BRACKETED.fullmatch(bare)
     brackets = (listed["opening"][-1] + listed["closing"][-1]) if listed else ""
     parts = (listed["inner"] if listed else bare).split(",")
@@ -135,10 +167,28 @@ def _covers(these: tuple[Number, ...], those: tuple[Number, ...], policy: Percen
 
 
 def numbers_equal(gold: Number, predicted: Number, policy: PercentPolicy) -> bool:
-    """Exact equality; under the lenient policy a percent sign may also be ignored ('50%' == '50')."""
-    if gold.value == predicted.value:
+    """Exact equality; under the lenient policy a percent sign may also be ignored ('50%' == '50').
+
+    A decimal is equal to a fraction that no decimal can state exactly (1/12) when it agrees to a relative 1e-5
+    ('0.0833333'): it can only be a rounding. A fraction that a decimal can state is compared exactly."""
+    if gold.value == predicted.value or (policy == "lenient" and gold.magnitude == predicted.magnitude):
         return True
-    return policy == "lenient" and gold.magnitude == predicted.magnitude
+    for decimal, fraction in ((gold, predicted), (predicted, gold)):
+        if decimal.decimal and not fraction.decimal and not _terminates(fraction.value):
+            return abs(decimal.value - fraction.value) <= _ROUNDING * abs(fraction.value)
+    return False
+
+
+_ROUNDING = Fraction(1, 100_000)  # the same relative tolerance as the symbolic path's for decimals
+
+
+def _terminates(value: Fraction) -> bool:
+    """Whether a decimal can state `value` exactly: its denominator has no prime factor but 2 and 5."""
+    denominator = value.denominator
+    for prime in (2, 5):
+        while denominator % prime == 0:
+            denominator //= prime
+    return denominator == 1
 
 
 def number_key(number: Number, policy: PercentPolicy) -> str:

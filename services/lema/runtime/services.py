@@ -206,7 +206,7 @@ class CorrectorServicer(corrector_pb2_grpc.CorrectorServiceServicer):
         if gold is None:
             correction = correction.model_copy(update={"verify_reason": "no_gold_given"})
         else:
-            verified, rejected = verify_corrections(corrected, self.resources.checker)
+            verified, rejected = verify_corrections(corrected, self.resources.checker, show_gold=settings.show_gold)
             if verified:
                 correction = verified[0].correction
             else:
