@@ -42,7 +42,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/lema \
-    HF_HOME=/home/lema/.cache/huggingface
+    HF_HOME=/home/lema/.cache/huggingface \
+    TRITON_CACHE_DIR=/home/lema/.cache/triton
 
 RUN groupadd --system --gid 10001 lema \
     && useradd --system --uid 10001 --gid lema --home-dir /home/lema --create-home --shell /usr/sbin/nologin lema
@@ -54,6 +55,7 @@ WORKDIR /opt/lema
 COPY training_job ./training_job
 
 USER 10001:10001
+# Pods run with a read-only root filesystem: the Job mounts emptyDirs at /home/lema/.cache, /tmp and run.work_dir.
 
 # Single node: `torchrun --standalone --nproc-per-node=N --no-python lema train --config /etc/lema/train.yaml`;
 # the Helm chart and k8s/ manifests set the command (PyTorchJob passes the rendezvous through PET_* variables).

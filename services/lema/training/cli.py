@@ -49,12 +49,20 @@ def submit(
     config: ConfigOption,
     overrides: SetOption = None,
     follow: Annotated[bool, typer.Option(help="Wait for the job to succeed or fail.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the manifests instead; no cluster needed.")] = False,
 ) -> None:
     """Create the training Job (or PyTorchJob) in the cluster and follow it to a terminal state."""
-    from lema.training.launcher import kubernetes_client, submit_job
+    from lema.training.launcher import SubmitError, kubernetes_client, render_manifests, submit_job
 
     settings = _settings(config, overrides)
-    state = submit_job(settings, kubernetes_client(), follow=follow)
+    try:
+        if dry_run:
+            typer.echo(render_manifests(settings), nl=False)
+            return
+        state = submit_job(settings, kubernetes_client(), follow=follow)
+    except SubmitError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     name = f"{settings.submit.kind} {settings.submit.namespace}/{settings.submit.name}"
     typer.echo(f"{name}: {state or 'submitted'}")
     if state == "Failed":

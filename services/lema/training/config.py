@@ -84,7 +84,9 @@ class SubmitSettings(Section):
     kind: Literal["job", "pytorchjob"] = Field("job", description="batch/v1 Job, or Kubeflow PyTorchJob (multi-node).")
     name: str = Field("lema-train", description="Job name; must be unique in the namespace.")
     namespace: str = "default"
-    image: str = "lema:latest"
+    image: str = Field(
+        "lema-trainer:0.1.0", description="The trainer image (docker/trainer.Dockerfile), not the service image."
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     command: tuple[str, ...] = ("python", "training_job/train.py")
     config_path: str = Field("/etc/lema/train.yaml", description="Where the pod finds this config (a ConfigMap).")
@@ -100,6 +102,12 @@ class SubmitSettings(Section):
     )
     service_account: str | None = None
     backoff_limit: int = Field(3, ge=0, description="Retries of a failed pod; each resumes from the store.")
+    active_deadline_seconds: int = Field(
+        172800, gt=0, description="The Job fails once it has run this long, retries included (default two days)."
+    )
+    unschedulable_seconds: float = Field(
+        900.0, gt=0.0, description="Stop following a pod that no node could take for this long (autoscalers need some)."
+    )
     ttl_seconds_after_finished: int = Field(86400, ge=0)
     poll_seconds: float = Field(10.0, gt=0.0)
 
