@@ -8,12 +8,12 @@ message is the same message and every consumer can treat a repeated key as a no-
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TypeVar
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
@@ -27,6 +27,10 @@ KEEPALIVE_S = 1.0
 """While a batch is processed, the consumer polls (paused) at least this often."""
 Headers = list[tuple[str, bytes]]
 T = TypeVar("T")
+Partition = tuple[str, int]
+"""An unprefixed topic name and a partition number."""
+PositionsOnAssign = Callable[[Sequence[Partition]], Mapping[Partition, int]]
+"""Given newly assigned partitions, the offsets to start from (partitions left out start at the group's commit)."""
 
 
 class BusError(RuntimeError):
@@ -108,10 +112,37 @@ class KafkaBus:
         self._producer.close()
 
 
+class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Moves newly assigned partitions to the positions a sink that stores its own offsets holds."""
+
+    def __init__(self, consumer: KafkaConsumer, prefix: str, group: str, positions: PositionsOnAssign) -> None:
+        self.consumer, self.prefix, self.group, self.positions = consumer, prefix, group, positions
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        wanted = self.positions([(tp.topic[len(self.prefix) :], tp.partition) for tp in assigned])
+        for tp in assigned:
+            offset = wanted.get((tp.topic[len(self.prefix) :], tp.partition))
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+        log.info("%s: assigned %d partition(s), %d positioned by the sink", self.group, len(assigned), len(wanted))
+
+
 class KafkaInbox:
     """A consumer-group member with manual commits: offsets advance only when `commit` is called."""
 
-    def __init__(self, settings: BusSettings, group: str, topics: Sequence[str], client_id: str) -> None:
+    def __init__(
+        self,
+        settings: BusSettings,
+        group: str,
+        topics: Sequence[str],
+        client_id: str,
+        on_assign: PositionsOnAssign | None = None,
+    ) -> None:
+        """`on_assign`: for a consumer whose sink keeps its own offsets (the dataset table), where each newly
+        assigned partition starts; it runs on the polling thread, inside `poll`."""
         self.prefix = settings.topic_prefix
         self.group = group
         self._consumer = KafkaConsumer(
@@ -125,7 +156,8 @@ class KafkaInbox:
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=max(100, settings.session_timeout_ms // 3),
         )
-        self._consumer.subscribe([self.prefix + t for t in topics])
+        listener = _SeekOnAssign(self._consumer, self.prefix, group, on_assign) if on_assign is not None else None
+        self._consumer.subscribe([self.prefix + t for t in topics], listener=listener)
 
     def poll(self, timeout_s: float) -> list[Delivery]:
         polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
