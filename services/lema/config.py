@@ -37,6 +37,10 @@ class LLMSettings(Section):
     batch_size: int = Field(8, gt=0, description="Sequences per forward pass (transformers).")
     cache_dir: Path | None = Field(None, description="Where converted weights are cached; default ~/.cache/lema.")
     engine_args: dict[str, Any] = Field(default_factory=dict, description="Extra vllm.LLM(...) arguments.")
+    max_batch_requests: int = Field(
+        64, gt=0, description="Concurrent calls (gRPC, Kafka, HTTP) merged into one batch (transformers, vllm)."
+    )
+    batch_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more calls to join it.")
     # openai-compatible HTTP
     base_url: str | None = None
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the env var holding the key; never the key.")

@@ -9,7 +9,11 @@ the Kafka runtime over consumer groups, with the same code.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
 from lema.bus.base import Message, Topics
@@ -41,11 +45,13 @@ class Resources:
         self._backend_factory = backend_factory
         self._backends: dict[str, LLMBackend] = {}
         self._checker: Checker | None = None
+        self._making = threading.Lock()
 
     def llm(self, name: str) -> LLMBackend:
-        if name not in self._backends:
-            self._backends[name] = self._backend_factory(name, self.settings.llms[name])
-        return self._backends[name]
+        with self._making:  # batches processed side by side must not each build the same model
+            if name not in self._backends:
+                self._backends[name] = self._backend_factory(name, self.settings.llms[name])
+            return self._backends[name]
 
     @property
     def checker(self) -> Checker:
@@ -212,6 +218,44 @@ STAGE_OF: dict[tuple[str, str], str] = {
     ("evolver", Topics.VERIFIED): "evolve",
 }
 """The LEMA stage each (worker, input topic) runs, for progress bars, timings and metrics."""
+
+
+def batches_in_flight(worker: str, settings: LemaSettings) -> int:
+    """How many input batches a runtime should have in process at once for `worker`.
+
+    A stage waits for its whole batch, so with one batch at a time the batch's tail leaves a batching LLM server
+    with fewer than `max_concurrency` requests in flight. Enough further batches to fill that window keep it full;
+    results are published per batch, so nothing else changes. The evolver keeps per-process state and the other
+    workers call no LLM: one batch at a time.
+    """
+    if worker == "sampler":
+        models, requests = settings.sample.models, settings.sample.batch_size * settings.sample.samples_per_model
+    elif worker == "corrector":
+        models, requests = (settings.correct.model,), settings.correct.batch_size
+    else:
+        return 1
+    window = max(settings.llms[model].max_concurrency for model in models)
+    return 1 + math.ceil(window / requests)
+
+
+def process_windowed(
+    worker: Worker, topic: str, batches: Iterable[Sequence[Record]], depth: int
+) -> Iterator[tuple[int, list[Message]]]:
+    """(input count, output messages) for each batch in order, with up to `depth` batches in process at once.
+
+    The next batch is taken from `batches` only when a place in the window is free, so a runtime that polls lazily
+    holds no more than `depth` batches.
+    """
+    in_flight: deque[tuple[int, Future[list[Message]]]] = deque()
+    with ThreadPoolExecutor(depth, thread_name_prefix=worker.name) as pool:
+        for batch in batches:
+            in_flight.append((len(batch), pool.submit(worker.process, topic, batch)))
+            if len(in_flight) == depth:
+                count, outputs = in_flight.popleft()
+                yield count, outputs.result()
+        while in_flight:
+            count, outputs = in_flight.popleft()
+            yield count, outputs.result()
 
 
 def build_worker(name: str, settings: LemaSettings, resources: Resources) -> Worker:

@@ -29,6 +29,6 @@ def serve_llm(
     llm_settings = settings.llms[llm]
     backend = create_backend(llm_settings)
     try:
-        serve(backend, host, port, max_batch=llm_settings.batch_size)
+        serve(backend, host, port)
     finally:
         backend.close()

@@ -1,20 +1,22 @@
 """Builds the backend that an `llms.<name>` settings entry describes.
 
 Each branch imports its backend module only when chosen, so a process that talks to an HTTP endpoint never loads
-torch, and vLLM stays an optional extra.
+torch, and vLLM stays an optional extra. In-process engines come wrapped in a `BatchingBackend`: one engine thread
+that merges concurrent callers' requests into shared batches and is the only thread touching the engine.
 """
 
 from __future__ import annotations
 
 from lema.config import LLMSettings
 from lema.llm.base import LLMBackend, LLMError
+from lema.llm.batching import BatchingBackend
 
 
 def create_backend(settings: LLMSettings) -> LLMBackend:
     if settings.backend == "transformers":
         from lema.llm.transformers_backend import TransformersBackend
 
-        return TransformersBackend(settings)
+        return BatchingBackend(TransformersBackend(settings), settings.max_batch_requests, settings.batch_wait_ms)
     if settings.backend == "openai":
         from lema.llm.openai_backend import OpenAIBackend
 
@@ -22,7 +24,7 @@ def create_backend(settings: LLMSettings) -> LLMBackend:
     if settings.backend == "vllm":
         from lema.llm.vllm_backend import VLLMBackend
 
-        return VLLMBackend(settings)
+        return BatchingBackend(VLLMBackend(settings), settings.max_batch_requests, settings.batch_wait_ms)
     from lema.llm.journal import ReplayBackend
 
     return ReplayBackend(settings.recording, model=settings.model)

@@ -2,8 +2,8 @@
 
 It lets a stage, another machine, or any OpenAI client use the embedded SmolLM2 (or any configured backend) through
 `POST /v1/chat/completions`, and lets lema's `openai` backend be tested against a real server. Requests that arrive
-while the backend is busy are handed to it together in its next `generate` call, so concurrent clients share forward
-passes; since a completion depends only on its own request and seed, that grouping never changes a result.
+while the backend is busy join its next batch (`lema.llm.batching`), so concurrent clients share forward passes;
+since a completion depends only on its own request and seed, that grouping never changes a result.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from lema.llm.base import ChatMessage, Completion, GenerationRequest, LLMBackend, LLMError
+from lema.llm.batching import BatchingBackend
 from lema.records import GenerationParams
 
 
@@ -61,49 +62,20 @@ class ChatCompletionBody(BaseModel):
         return GenerationRequest(messages=messages, params=params, n=self.n)
 
 
-class _Batcher:
-    """Queues requests and hands everything waiting to the backend in one `generate` call, off the event loop."""
-
-    def __init__(self, backend: LLMBackend, max_batch: int) -> None:
-        self._backend = backend
-        self._max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[GenerationRequest, asyncio.Future[list[Completion]]]] = asyncio.Queue()
-
-    async def submit(self, request: GenerationRequest) -> list[Completion]:
-        future: asyncio.Future[list[Completion]] = asyncio.get_running_loop().create_future()
-        await self._queue.put((request, future))
-        return await future
-
-    async def run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                results = await asyncio.to_thread(self._backend.generate, [request for request, _ in batch])
-            except Exception as exc:  # every waiting client hears about it; the server carries on
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), completions in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(completions)
-
-
 def _error(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status)
 
 
-def create_app(backend: LLMBackend, max_batch: int = 16) -> Starlette:
-    """The ASGI app serving `backend` under its own model name."""
-    batcher = _Batcher(backend, max_batch)
+def create_app(backend: LLMBackend, max_batch: int = 16, batch_wait_ms: float = 5.0) -> Starlette:
+    """The ASGI app serving `backend` under its own model name, through the factory's engine thread if it has one."""
+    batcher = backend if isinstance(backend, BatchingBackend) else BatchingBackend(backend, max_batch, batch_wait_ms)
+    own_batcher = batcher is not backend
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        worker = asyncio.create_task(batcher.run())
         yield
-        worker.cancel()
+        if own_batcher:
+            batcher.stop()
 
     async def chat_completions(request: Request) -> JSONResponse:
         try:
@@ -118,7 +90,7 @@ def create_app(backend: LLMBackend, max_batch: int = 16) -> Starlette:
                 "model",
             )
         try:
-            completions = await batcher.submit(body.to_request())
+            (completions,) = await asyncio.wrap_future(batcher.submit([body.to_request()]))
         except LLMError as exc:
             return _error(500, str(exc), "server_error")
         return JSONResponse(_chat_completion(backend.model, completions))
@@ -166,8 +138,8 @@ def _chat_completion(model: str, completions: list[Completion]) -> dict[str, Any
     }
 
 
-def serve(backend: LLMBackend, host: str, port: int, max_batch: int = 16) -> None:
+def serve(backend: LLMBackend, host: str, port: int) -> None:
     """Serve `backend` until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(backend, max_batch), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(backend), host=host, port=port, log_level="info")

@@ -33,10 +33,13 @@ from lema.pipeline import (
     BackendFactory,
     DatasetWriterWorker,
     Resources,
+    Worker,
+    batches_in_flight,
     default_backend_factory,
+    process_windowed,
 )
 from lema.prompts import TEMPLATES_DIR
-from lema.records import Question
+from lema.records import Question, Record
 from lema.store import create_store
 
 ProgressHook = Callable[[str, int, int], None]
@@ -162,20 +165,38 @@ class EmbeddedPipeline:
             busy = False
             for worker in workers:
                 for topic in worker.inputs:
-                    while batch := bus.poll(worker.name, topic, self._batch_size(worker.name)):
-                        busy = True
-                        stage = STAGE_OF.get((worker.name, topic), "dataset")
-                        with self.clock.time(stage):
-                            bus.publish(worker.process(topic, [m.record for m in batch]))
-                        self.processed[stage] += len(batch)
-                        if self.progress:
-                            self.progress(stage, len(batch), bus.pending(worker.name, topic))
+                    busy = self._drain(bus, worker, topic) or busy
         writer = next(w for w in workers if isinstance(w, DatasetWriterWorker))
         with self.clock.time("dataset"):
             extra = self._runtime_summary(time.perf_counter() - start)
             keys = writer.builder.write(self.store, self.settings.run.name, extra)
         summary = {**writer.builder.summary(), **extra}
         return RunResult(summary=summary, keys=keys, store_uri=self.store.uri(self.settings.run.name))
+
+    def _drain(self, bus: MemoryBus, worker: Worker, topic: str) -> bool:
+        """Process every pending message of `topic`, `batches_in_flight` batches at a time, publishing each batch's
+        results in order; True if there was anything to process."""
+        if not bus.pending(worker.name, topic):
+            return False
+        stage = STAGE_OF.get((worker.name, topic), "dataset")
+        size = self._batch_size(worker.name)
+        polled = done = 0
+
+        def batches() -> Iterator[list[Record]]:
+            nonlocal polled
+            while batch := bus.poll(worker.name, topic, size):
+                polled += len(batch)
+                yield [m.record for m in batch]
+
+        with self.clock.time(stage):
+            depth = batches_in_flight(worker.name, self.settings)
+            for count, outputs in process_windowed(worker, topic, batches(), depth):
+                bus.publish(outputs)
+                done += count
+                self.processed[stage] += count
+                if self.progress:
+                    self.progress(stage, count, bus.pending(worker.name, topic) + polled - done)
+        return True
 
     def _batch_size(self, worker: str) -> int:
         sizes = {
