@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck test-vllm bench proto clean
+.PHONY: venv demo smoke test lint typecheck test-vllm bench proto clean
 
 # torch comes through pip, which finds the local CPU wheel; uv resolves the rest in minutes, not pip's quarter
 # hour, and keeps the installed torch since it satisfies the pin.
@@ -22,6 +22,14 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/lema run --config examples/demo.yaml
+
+# The README's first-hour commands, run in a fresh clone of this repository (part of `make test` too).
+smoke: $(STAMP)
+	$(VENV)/bin/pytest -q tests/newcomer
+
+# The README's first-hour commands, run in a fresh clone of this repository (part of `make test` too).
+smoke: $(STAMP)
+	$(VENV)/bin/pytest -q tests/newcomer
 
 test: $(STAMP) lint typecheck
 	$(VENV)/bin/pytest -q

@@ -78,6 +78,28 @@ VALUES_CASES: dict[str, dict[str, Any]] = {
         "prompts": {"templates": {path.name: path.read_text() for path in sorted(PROMPT_TEMPLATES.glob("*.yaml"))}},
     },
     "gpu-cluster-example": yaml.safe_load((REPO / "helm" / "examples" / "gpu-cluster.yaml").read_text()),
+    # Locked down: TLS, client-side balancing, NetworkPolicy peers, every image pinned by digest, vLLM behind it.
+    "tls-policies-digests": {
+        "tls": {"enabled": True, "secretName": "lema-tls", "serverName": "lema.lema.svc"},
+        "service": {"headless": True},
+        "networkPolicy": {
+            "grpcFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "clients"}}}],
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        },
+        "image": {"digest": "sha256:" + "1" * 64},
+        "vllm": {"enabled": True, "image": {"digest": "sha256:" + "2" * 64}},
+        "kafka": {"image": {"digest": "sha256:" + "3" * 64}},
+        "minio": {"image": {"digest": "sha256:" + "4" * 64}},
+        "topics": {"partitions": 12},
+    },
+    # Everything off that is on by default: no auth, no NetworkPolicy, no helm test, bundled infra on emptyDir.
+    "open-ephemeral": {
+        "secrets": {"grpcToken": {"secretName": "", "key": "token"}},
+        "networkPolicy": {"enabled": False},
+        "tests": {"enabled": False},
+        "kafka": {"persistence": {"enabled": False}},
+        "minio": {"persistence": {"enabled": False}},
+    },
 }
 
 
@@ -172,6 +194,8 @@ def pod_templates(manifest: Manifest) -> list[dict[str, Any]]:
     spec = manifest.body.get("spec", {})
     if manifest.kind in ("Deployment", "StatefulSet", "Job"):
         return [spec["template"]]
+    if manifest.kind == "Pod":  # the `helm test` hook
+        return [manifest.body]
     if manifest.kind == "PyTorchJob":
         return [replica["template"] for replica in spec["pytorchReplicaSpecs"].values()]
     return []

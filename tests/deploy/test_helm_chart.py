@@ -99,16 +99,25 @@ def test_every_manifest_matches_the_kubernetes_schema(manifests: list[Manifest])
     assert not problems, "\n".join(problems)
 
 
-def test_services_probe_grpc_health_and_wait_for_model_loading(
+def test_services_probe_liveness_apart_from_readiness_and_wait_for_model_loading(
     manifests: list[Manifest], values: dict[str, Any]
 ) -> None:
+    """Startup/liveness: the port accepts connections (a dependency outage restarts nothing). Readiness: the
+    server's grpc.health.v1 status, which follows broker and store health; over TLS when TLS is on."""
     deployments = service_deployments(manifests)
     assert set(deployments) == {name for name in SERVICES if values["services"][name]["enabled"]}
     grpc_port = values["ports"]["grpc"]
     for service, deployment in deployments.items():
         (container,) = deployment.body["spec"]["template"]["spec"]["containers"]
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert container[probe]["grpc"] == {"port": grpc_port}, f"{deployment.where}: {probe}"
+        for probe in ("startupProbe", "livenessProbe"):
+            assert container[probe]["tcpSocket"] == {"port": "grpc"}, f"{deployment.where}: {probe}"
+        readiness = container["readinessProbe"]
+        if values["tls"]["enabled"]:
+            command = readiness["exec"]["command"]
+            assert command[0] == "grpc-health-check" and command[-1] == f"127.0.0.1:{grpc_port}", deployment.where
+            assert command[command.index("--ca") + 1] == f"{values['tls']['mountPath']}/ca.crt", deployment.where
+        else:
+            assert readiness["grpc"] == {"port": grpc_port}, f"{deployment.where}: readinessProbe"
         startup = container["startupProbe"]
         window = startup["periodSeconds"] * startup["failureThreshold"]
         assert window >= values["services"][service]["startupSeconds"], f"{deployment.where}: startup window {window}s"
@@ -394,3 +403,199 @@ def exported_series() -> set[str]:
                 base = name.removesuffix("_total") if metric_type == "Counter" else name
                 series |= {base + suffix for suffix in SERIES_SUFFIXES[metric_type]}
     return series
+
+
+def health_check_cli() -> Any:
+    """The image's grpc-health-check script, whose command line the probes and the helm test must satisfy."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("grpc_health_check", REPO / "docker" / "grpc_health_check.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_health_check_args(args: list[str]) -> Any:
+    import argparse
+
+    parsed: dict[str, Any] = {}
+
+    def capture(self: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+        namespace = original(self, argv)
+        parsed["args"] = namespace
+        raise SystemExit(0)
+
+    original = argparse.ArgumentParser.parse_args
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(argparse.ArgumentParser, "parse_args", capture)
+        with pytest.raises(SystemExit):
+            health_check_cli().main(args)
+    return parsed["args"]
+
+
+def test_helm_test_checks_every_service_and_makes_one_check_call(
+    manifests: list[Manifest], values: dict[str, Any]
+) -> None:
+    pods = [m for m in of_kind(manifests, "Pod") if m.body["metadata"]["annotations"].get("helm.sh/hook") == "test"]
+    if not values["tests"]["enabled"]:
+        assert not pods
+        return
+    (pod,) = pods
+    (container,) = pod.body["spec"]["containers"]
+    assert container["command"] == ["grpc-health-check"]
+    args = parse_health_check_args(container["args"])
+    services = {m.name: m for m in of_kind(manifests, "Service")}
+    grpc_port = values["ports"]["grpc"]
+    enabled = [s for s in SERVICES if values["services"][s]["enabled"]]
+    assert sorted(args.targets) == sorted(f"lema-{s}:{grpc_port}" for s in enabled)
+    for target in args.targets:
+        assert target.split(":")[0] in services, f"{pod.where}: no Service for {target}"
+    assert args.check_answer == f"lema-checker:{grpc_port}"
+    env = {e["name"]: e for e in container.get("env", [])}
+    token = values["secrets"]["grpcToken"]
+    if token["secretName"]:
+        assert env["LEMA_GRPC_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": token["secretName"], "key": token["key"]}
+    else:
+        assert "LEMA_GRPC_TOKEN" not in env
+    if values["tls"]["enabled"]:
+        assert (str(args.ca), args.server_name) == (f"{values['tls']['mountPath']}/ca.crt", values["tls"]["serverName"])
+        (volume,) = pod.body["spec"]["volumes"]
+        assert volume["secret"]["secretName"] == values["tls"]["secretName"]
+    else:
+        assert args.ca is None
+
+
+def test_readiness_command_over_tls_parses(manifests: list[Manifest], values: dict[str, Any]) -> None:
+    if not values["tls"]["enabled"]:
+        return
+    for deployment in service_deployments(manifests).values():
+        (container,) = deployment.body["spec"]["template"]["spec"]["containers"]
+        args = parse_health_check_args(container["readinessProbe"]["exec"]["command"][1:])
+        service = deployment.body["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert args.server_name == (values["tls"]["serverName"] or f"lema-{service}")
+
+
+def test_tls_settings_point_at_the_mounted_certificate(manifests: list[Manifest], values: dict[str, Any]) -> None:
+    server = config_file(manifests, "lema-config", "config.yaml")["server"]
+    tls = values["tls"]
+    if not tls["enabled"]:
+        assert "tls_cert" not in server and "tls_key" not in server
+        return
+    assert (server["tls_cert"], server["tls_key"]) == (f"{tls['mountPath']}/tls.crt", f"{tls['mountPath']}/tls.key")
+    for deployment in service_deployments(manifests).values():
+        template = deployment.body["spec"]["template"]["spec"]
+        mounts = {m["mountPath"]: m["name"] for m in template["containers"][0]["volumeMounts"]}
+        volumes = {v["name"]: v for v in template["volumes"]}
+        assert volumes[mounts[tls["mountPath"]]]["secret"]["secretName"] == tls["secretName"], deployment.where
+
+
+def test_auth_is_on_by_default_from_an_existing_secret() -> None:
+    with helm_python.Chart.load(CHART_DIR) as chart:
+        defaults = chart.merge_values({})
+    assert defaults["secrets"]["grpcToken"]["secretName"], "gRPC auth must be on by default"
+    manifests = render({})
+    assert config_file(manifests, "lema-config", "config.yaml")["server"]["auth"] == "token"
+    assert not of_kind(manifests, "Secret")  # the token comes from a Secret the operator creates
+
+
+def test_network_policies_admit_only_the_release_and_named_peers(
+    manifests: list[Manifest], values: dict[str, Any]
+) -> None:
+    policies = of_kind(manifests, "NetworkPolicy")
+    if not values["networkPolicy"]["enabled"]:
+        assert not policies
+        return
+    release_peer = {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "lema"}}}
+    guarded = [(m, t) for m, t in workloads(manifests) if m.kind in ("Deployment", "StatefulSet")]
+    for manifest, template in guarded:
+        labels = template["metadata"]["labels"]
+        selecting = [p for p in policies if selects(p.body["spec"]["podSelector"]["matchLabels"], labels)]
+        assert len(selecting) == 1, f"{manifest.where}: {len(selecting)} NetworkPolicies select its pods"
+        spec = selecting[0].body["spec"]
+        assert spec["policyTypes"] == ["Ingress"]
+        container_ports = {p["containerPort"] for c in containers(template) for p in c.get("ports", [])}
+        for rule in spec["ingress"]:
+            ports = {p["port"] for p in rule["ports"]}
+            assert ports <= container_ports, f"{manifest.where}: policy opens ports its pods do not serve"
+            if values["ports"]["metrics"] in ports:
+                assert rule.get("from", []) == values["networkPolicy"]["metricsFrom"], manifest.where
+            elif rule["from"] != values["networkPolicy"]["metricsFrom"]:  # gRPC, vLLM, Kafka, MinIO
+                assert rule["from"][0] == release_peer, f"{manifest.where}: {rule['from']}"
+                expected = (
+                    [release_peer, *values["networkPolicy"]["grpcFrom"]]
+                    if values["ports"]["grpc"] in ports
+                    else [release_peer]
+                )
+                assert rule["from"] == expected, f"{manifest.where}: {rule['from']}"
+    helm_tests = [m for m in of_kind(manifests, "Pod")]
+    for pod in helm_tests:  # the helm test must be let in by the release peer
+        assert selects(release_peer["podSelector"]["matchLabels"], pod.body["metadata"]["labels"]), pod.where
+
+
+def test_headless_services_offer_every_pod_for_client_side_balancing(
+    manifests: list[Manifest], values: dict[str, Any]
+) -> None:
+    services = {m.name: m for m in of_kind(manifests, "Service")}
+    headless = {name: m for name, m in services.items() if name.endswith("-headless")}
+    enabled = [s for s in SERVICES if values["services"][s]["enabled"]]
+    if not values["service"]["headless"]:
+        assert not headless
+        return
+    assert sorted(headless) == sorted(f"lema-{s}-headless" for s in enabled)
+    for name, service in headless.items():
+        plain = services[name.removesuffix("-headless")].body["spec"]
+        assert service.body["spec"]["clusterIP"] == "None", service.where
+        assert service.body["spec"]["selector"] == plain["selector"], service.where
+        assert [p["name"] for p in service.body["spec"]["ports"]] == ["grpc"], f"{service.where}: scraped twice"
+
+
+def test_topics_have_at_least_as_many_partitions_as_any_service_has_replicas(
+    manifests: list[Manifest], values: dict[str, Any], tmp_path: Path
+) -> None:
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config_file(manifests, "lema-config", "config.yaml")))
+    topics = load_settings(config_path, settings_cls=ServiceSettings).topics
+    assert (topics.partitions, topics.replication_factor) == (
+        values["topics"]["partitions"], values["topics"]["replicationFactor"],
+    )  # fmt: skip
+    for service in SERVICES:
+        spec = values["services"][service]
+        most = spec["autoscaling"]["maxReplicas"] if spec["autoscaling"]["enabled"] else spec["replicas"]
+        assert most <= topics.partitions, service
+
+
+def test_more_replicas_than_partitions_is_refused() -> None:
+    with pytest.raises(Exception, match=r"services\.checker may run 16 replicas but topics\.partitions is 8"):
+        render({"services": {"checker": {"autoscaling": {"maxReplicas": 16}}}})
+
+
+def test_bundled_kafka_and_minio_keep_their_data_on_volumes(manifests: list[Manifest], values: dict[str, Any]) -> None:
+    for name in ("kafka", "minio"):
+        if not values[name]["enabled"]:
+            continue
+        (statefulset,) = [m for m in of_kind(manifests, "StatefulSet") if m.name == f"lema-{name}"]
+        claims = statefulset.body["spec"].get("volumeClaimTemplates", [])
+        volumes = statefulset.body["spec"]["template"]["spec"].get("volumes", [])
+        data = [v for v in volumes if v["name"] == "data"]
+        if values[name]["persistence"]["enabled"]:
+            assert [c["metadata"]["name"] for c in claims] == ["data"] and not data, statefulset.where
+            assert claims[0]["spec"]["resources"]["requests"]["storage"] == values[name]["persistence"]["size"]
+        else:
+            assert not claims and data[0]["emptyDir"] == {}, statefulset.where
+
+
+def test_images_pin_by_digest_when_given(manifests: list[Manifest], values: dict[str, Any]) -> None:
+    digests = {
+        values["image"]["repository"]: values["image"].get("digest", ""),
+        values["vllm"]["image"]["repository"]: values["vllm"]["image"].get("digest", ""),
+        values["kafka"]["image"]["repository"]: values["kafka"]["image"].get("digest", ""),
+        values["minio"]["image"]["repository"]: values["minio"]["image"].get("digest", ""),
+    }
+    for manifest, template in workloads(manifests):
+        for container in containers(template):
+            repository = re.split(r"[@:]", container["image"], maxsplit=1)[0]
+            if digests.get(repository):
+                assert container["image"] == f"{repository}@{digests[repository]}", manifest.where
+            else:
+                assert "@" not in container["image"], manifest.where

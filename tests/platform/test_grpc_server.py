@@ -36,6 +36,7 @@ from lema.v1 import (
 )
 
 TOKEN = "s3cret-token"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -326,3 +327,30 @@ def test_model_services_name_bad_fields_and_report_llm_failures_as_unavailable(t
     finally:
         server.stop()
         resources.close()
+
+
+def test_the_images_health_check_speaks_tls_and_token_as_the_chart_uses_it(
+    resources: Resources, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docker/grpc_health_check.py is the chart's readiness probe under TLS and its `helm test`: run it for real."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("grpc_health_check", REPO / "docker" / "grpc_health_check.py")
+    assert spec is not None and spec.loader is not None
+    health_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(health_check)
+    cert, key = _self_signed(tmp_path)
+    monkeypatch.setenv("LEMA_GRPC_TOKEN", TOKEN)
+    secured = start(resources, tls_cert=cert, tls_key=key, auth="token")
+    target = f"127.0.0.1:{secured.port}"
+    tls = ["--ca", str(cert), "--server-name", "localhost"]
+    try:
+        assert health_check.main([*tls, target]) == 0  # the readiness probe
+        assert health_check.main([*tls, "--check-answer", target, target]) == 0  # the helm test
+        assert health_check.main(["--timeout", "2", target]) == 1  # plaintext to a TLS port
+        assert health_check.main([*tls, "--server-name", "elsewhere", "--timeout", "2", target]) == 1
+        monkeypatch.delenv("LEMA_GRPC_TOKEN")
+        assert health_check.main([*tls, target]) == 0  # health needs no token
+        assert health_check.main([*tls, "--check-answer", target, target]) == 1  # a Check does
+    finally:
+        secured.stop()

@@ -44,9 +44,40 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- end -}}
 {{- end -}}
 
-{{/* repository:tag, the tag defaulting to the chart's appVersion. Call with (dict "ctx" $ "image" .Values.image). */}}
+{{/* repository@digest when a digest pins it, else repository:tag, the tag defaulting to the chart's appVersion.
+Call with (dict "ctx" $ "image" .Values.image). */}}
 {{- define "lema.image" -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The name a service's TLS certificate is verified against. Call with (dict "ctx" $ "component" "checker"). */}}
+{{- define "lema.tlsServerName" -}}
+{{- default (include "lema.componentName" .) .ctx.Values.tls.serverName -}}
+{{- end -}}
+
+{{/* grpc-health-check's TLS arguments (none without TLS). Call with (dict "ctx" $ "component" "checker"). */}}
+{{- define "lema.healthCheckTlsArgs" -}}
+{{- if .ctx.Values.tls.enabled -}}
+{{- list "--ca" (printf "%s/ca.crt" .ctx.Values.tls.mountPath) "--server-name" (include "lema.tlsServerName" .) | toJson -}}
+{{- else -}}
+[]
+{{- end -}}
+{{- end -}}
+
+{{/* Replicas or autoscaler ceilings beyond the topics' partitions would sit idle: refuse them at install. */}}
+{{- define "lema.checkPartitions" -}}
+{{- range $service, $spec := .Values.services -}}
+{{- if $spec.enabled -}}
+{{- $most := ternary $spec.autoscaling.maxReplicas $spec.replicas $spec.autoscaling.enabled -}}
+{{- if gt (int $most) (int $.Values.topics.partitions) -}}
+{{- fail (printf "services.%s may run %d replicas but topics.partitions is %d: raise topics.partitions (a consumer beyond the partitions gets no messages)" $service (int $most) (int $.Values.topics.partitions)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "lema.kafkaBootstrapServers" -}}
@@ -85,6 +116,12 @@ override directory, and the vLLM server's LLM. */}}
 {{- $_ := set $config "bus" (merge $bus (default dict $config.bus)) -}}
 {{- $_ = set $config "store" (merge (include "lema.storeSettings" . | fromYaml) (default dict $config.store)) -}}
 {{- $server := dict "grpc_port" .Values.ports.grpc "metrics_port" .Values.ports.metrics -}}
+{{- if .Values.tls.enabled -}}
+{{- $_ = set $server "tls_cert" (printf "%s/tls.crt" .Values.tls.mountPath) -}}
+{{- $_ = set $server "tls_key" (printf "%s/tls.key" .Values.tls.mountPath) -}}
+{{- end -}}
+{{- $topics := dict "partitions" .Values.topics.partitions "replication_factor" .Values.topics.replicationFactor -}}
+{{- $_ = set $config "topics" (merge $topics (default dict $config.topics)) -}}
 {{- if .Values.secrets.grpcToken.secretName -}}
 {{- $_ = set $server "auth" "token" -}}
 {{- $_ = set $server "token_env" "LEMA_GRPC_TOKEN" -}}
@@ -120,7 +157,7 @@ override directory, and the vLLM server's LLM. */}}
 {{- required (printf "services.%s: not a lema service (expected one of %s)" .component (keys $topics | sortAlpha | join ", ")) (get $topics .component) | toJson -}}
 {{- end -}}
 
-{{/* Environment from Secrets only: MinIO credentials, LLM API keys, the gRPC token. */}}
+{{/* Environment from Secrets only: MinIO credentials and LLM API keys. */}}
 {{- define "lema.secretEnv" -}}
 - name: LEMA_S3_ACCESS_KEY
   valueFrom:
@@ -139,6 +176,10 @@ override directory, and the vLLM server's LLM. */}}
       name: {{ .secretName }}
       key: {{ .key }}
 {{- end }}
+{{- end -}}
+
+{{/* The gRPC bearer token, for the services that check it (not the training pods, which serve no gRPC). */}}
+{{- define "lema.grpcTokenEnv" -}}
 {{- with .Values.secrets.grpcToken }}
 {{- if .secretName }}
 - name: LEMA_GRPC_TOKEN
