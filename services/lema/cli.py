@@ -69,10 +69,11 @@ app.command("serve-llm")(serve_llm)
 from lema.checker.cli import check_command  # noqa: E402
 
 app.command("check")(check_command)
-from lema.training.cli import eval_app, train_app  # noqa: E402
+from lema.training.cli import eval_app, experiment_app, train_app  # noqa: E402
 
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+app.add_typer(experiment_app, name="experiment")
 from lema.runtime.commands import serve_command, submit_command, up_command  # noqa: E402
 
 app.command("serve")(serve_command)

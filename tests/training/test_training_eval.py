@@ -10,7 +10,17 @@ import pytest
 from typer.testing import CliRunner
 
 from lema.cli import app
-from lema.training.evaluate import EvalError, ItemResult, accuracy, compare, read_results, write_results
+from lema.training.evaluate import (
+    Z_95,
+    EvalError,
+    ItemResult,
+    accuracy,
+    compare,
+    mcnemar_exact,
+    read_results,
+    tango_interval,
+    write_results,
+)
 
 
 def _items(verdicts: str, prefix: str = "q") -> list[ItemResult]:
@@ -36,8 +46,57 @@ def test_paired_difference_counts_questions_both_runs_answered() -> None:
     assert (result.common, result.gained, result.lost) == (10, 2, 0)
     assert result.difference == pytest.approx(0.2)
     assert result.low < 0.2 < result.high
+    assert result.p_value == 0.5  # two discordant pairs, both one way: 2 * (1/2)**2
     with pytest.raises(EvalError, match="share no question ids"):
         compare(baseline, _items("1", prefix="other"))
+
+
+def test_no_changed_answer_still_leaves_an_honest_interval() -> None:
+    result = compare(_items("1100110011" * 5), _items("1100110011" * 5))
+    assert result.difference == 0.0 and result.p_value == 1.0
+    # Tango's bound with no discordant pair has a closed form, z^2 / (n + z^2): about 7.1 points for 50 questions.
+    assert (result.low, result.high) == pytest.approx((-(Z_95**2) / (50 + Z_95**2), Z_95**2 / (50 + Z_95**2)))
+    assert "95% CI [-7.1%, +7.1%]" in str(result)
+
+
+@pytest.mark.parametrize("gained, lost, n", [(5, 2, 100), (9, 1, 30), (0, 4, 12), (12, 0, 12), (3, 3, 7)])
+def test_the_interval_is_where_the_score_test_does_not_reject(gained: int, lost: int, n: int) -> None:
+    low, high = tango_interval(gained, lost, n)
+    estimate = (gained - lost) / n
+    assert -1.0 <= low < estimate < high <= 1.0 or (estimate in (-1.0, 1.0) and low < high)
+    # Every Δ inside is accepted by the 95% score test and Δ just outside is rejected: the bounds are inverted
+    # from the test, not from a normal approximation.
+    for bound, step in ((low, -1e-3), (high, 1e-3)):
+        if abs(bound) < 1.0:
+            assert _score_rejects(gained, lost, n, bound + step)
+            assert not _score_rejects(gained, lost, n, bound - step)
+
+
+def _score_rejects(gained: int, lost: int, n: int, delta: float) -> bool:
+    """Tango's score test of Δ, written out independently: maximise the likelihood over P(lost) numerically."""
+    import math
+
+    def log_likelihood(q_lost: float) -> float:
+        q_gained = q_lost + delta
+        same = 1 - q_lost - q_gained
+        if min(q_lost, q_gained) <= 0 or same < 0:
+            return -math.inf
+        return (
+            gained * math.log(q_gained)
+            + lost * math.log(q_lost)
+            + ((n - gained - lost) * math.log(same) if n - gained - lost else 0.0)
+        )
+
+    grid = [max(-delta, 0.0) + (1 - abs(delta)) / 2 * i / 20000 for i in range(1, 20000)]
+    q_lost = max(grid, key=log_likelihood)
+    statistic = (gained - lost - n * delta) / math.sqrt(n * (2 * q_lost + delta * (1 - delta)))
+    return abs(statistic) > Z_95
+
+
+def test_mcnemar_exact_p_values() -> None:
+    assert mcnemar_exact(5, 2) == pytest.approx(0.453125)  # 2 * (1 + 7 + 21) / 2**7
+    assert mcnemar_exact(10, 0) == pytest.approx(2 / 1024)
+    assert mcnemar_exact(0, 0) == 1.0
 
 
 def test_results_round_trip_and_bad_lines_are_named(tmp_path: Path) -> None:
@@ -100,3 +159,54 @@ def test_eval_with_adapter_merges_it_and_compares_with_the_base(
     compared = runner.invoke(app, ["eval", "compare", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")])
     assert compared.exit_code == 0, compared.output
     assert compared.output.count("accuracy ") == 2
+
+
+def test_eval_through_an_openai_compatible_server_equals_the_local_backend(
+    tmp_path: Path, tiny_llama_dir: Path, gsm8k_test_file: Path
+) -> None:
+    """`--base-url` evaluates whatever serves the OpenAI API (vLLM in a cluster; lema's own server here)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "llm"))
+    from llm_testing import serving
+
+    from lema.config import LLMSettings
+    from lema.llm.factory import create_backend
+    from lema.llm.openai_server import create_app
+
+    common = ["--data", str(gsm8k_test_file), "--limit", "3", "--max-tokens", "6"]
+    local = CliRunner().invoke(
+        app, ["eval", "--model", str(tiny_llama_dir), "--output", str(tmp_path / "a.jsonl"), *common]
+    )
+    assert local.exit_code == 0, local.output
+    served = create_backend(LLMSettings(backend="transformers", model=str(tiny_llama_dir)))
+    try:
+        with serving(create_app(served)) as url:
+            remote = CliRunner().invoke(
+                app,
+                ["eval", "--base-url", f"{url}/v1", "--model", str(tiny_llama_dir),
+                 "--output", str(tmp_path / "b.jsonl"), *common],
+            )  # fmt: skip
+    finally:
+        served.close()
+    assert remote.exit_code == 0, remote.output
+    assert "(openai)" in remote.output
+    assert read_results(tmp_path / "b.jsonl") == read_results(tmp_path / "a.jsonl")
+
+
+def test_eval_settings_from_a_pipeline_config(tmp_path: Path) -> None:
+    from lema.training.evaluate import eval_llm_settings
+
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "llms:\n  smollm2: {}\n  big:\n    backend: openai\n    model: qwen\n    base_url: http://127.0.0.1:9/v1\n"
+    )
+    chosen = eval_llm_settings(model=None, adapter=None, backend="transformers", base_url=None, config=config,
+                               llm="big", overrides={})  # fmt: skip
+    assert (chosen.backend, chosen.model, chosen.base_url) == ("openai", "qwen", "http://127.0.0.1:9/v1")
+    with pytest.raises(EvalError, match=r"no LLM 'small' in llms \(defined: \['big', 'smollm2'\]\)"):
+        eval_llm_settings(model=None, adapter=None, backend="transformers", base_url=None, config=config,
+                          llm="small", overrides={})  # fmt: skip
+    with pytest.raises(EvalError, match="--adapter cannot be merged into a remote server"):
+        eval_llm_settings(model="m", adapter=tmp_path, backend="transformers", base_url="http://x/v1", config=None,
+                          llm=None, overrides={})  # fmt: skip

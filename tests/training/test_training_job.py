@@ -11,14 +11,22 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 import yaml
 
 from conftest import DATA_PREFIX, write_datasets
 from lema.records import CorrectionExample, CotExample
 from lema.store import LocalStore
-from lema.training.checkpoints import CheckpointStore
+from lema.training.checkpoints import (
+    CheckpointStore,
+    RunMismatchError,
+    describe_change,
+    fingerprint_digest,
+    run_fingerprint,
+)
+from lema.training.config import TrainRunSettings, TrainSettings
 from lema.training.data import DataError, load_training_data
-from lema.training.job import MANIFEST_FILE
+from lema.training.job import MANIFEST_FILE, run_prefix
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS = 24
@@ -116,12 +124,38 @@ def test_killed_job_resumes_from_the_store_and_finishes(
     names = [key[len(final) :] for key in store.list(final)]
     assert sum("optim_states" in name for name in names) == processes
     assert "scheduler.pt" in names
+    # Only trainable state: the module state holds LoRA tensors, not the tied embedding DeepSpeed keeps otherwise.
+    (model_states,) = [name for name in names if name.endswith("model_states.pt")]
+    store.download_file(final + model_states, tmp_path / "model_states.pt")
+    module = torch.load(tmp_path / "model_states.pt", map_location="cpu", weights_only=False)["module"]
+    assert module and all(".lora_" in name for name in module), sorted(module)
+    # Local copies go once they are in the store.
+    assert not list((tmp_path / "work").glob("checkpoints/checkpoint-*"))
+    assert not (tmp_path / "work" / "adapter").exists()
     state = json.loads(store.get_bytes(final + "trainer_state.json"))
     logged_steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert logged_steps == list(range(1, last + 1))
     # The learning rate follows one uninterrupted schedule: the scheduler state came back with the checkpoint.
     logged_rates = [entry["learning_rate"] for entry in state["log_history"] if "loss" in entry]
     assert logged_rates == pytest.approx(_schedule(learning_rate=1e-3, warmup_ratio=0.03)[:last])
+    assert manifest["fingerprint"] == checkpoints.fingerprint(last)
+    assert manifest["fingerprint"]["world_size"] == processes
+
+    # The same prefix with other data, or another number of ranks, is another run: refused in one line, no mix.
+    changed = _run_to_end(config, processes, "--set", "data.cot_only=true")
+    assert changed.returncode != 0
+    assert "holds a run with other settings (data.cot_only: false -> true; " in changed.stderr
+    assert "use another checkpoints.prefix, or --new-run" in changed.stderr
+    if processes == 1:
+        more_ranks = _run_to_end(config, 2)
+        assert more_ranks.returncode != 0
+        assert "(world_size: 1 -> 2)" in more_ranks.stderr
+    assert json.loads(store.get_bytes(f"train/tiny/{MANIFEST_FILE}")) == manifest
+
+
+def _run_to_end(config: Path, processes: int, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "lema.cli", "train", "--config", str(config), "--nproc", str(processes), *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
 
 
 def test_bad_dataset_line_is_named(
@@ -135,3 +169,37 @@ def test_bad_dataset_line_is_named(
 
     with pytest.raises(DataError, match=r"corrections\.jsonl:3: not a CorrectionExample: question_id: Field required"):
         load_training_data(store, DataSettings(prefix="bad"), seed=0)
+
+
+def _fingerprinted_checkpoint(store: LocalStore, prefix: str, fingerprint: dict[str, object]) -> None:
+    checkpoints = CheckpointStore(store, prefix)
+    store.put_bytes(f"{prefix}/checkpoints/checkpoint-4/adapter_model.safetensors", b"weights")
+    checkpoints.put_fingerprint(4, fingerprint)
+    checkpoints.mark_complete(4)
+
+
+def test_a_changed_run_starts_fresh_beside_the_old_one_when_asked(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    settings = TrainSettings.model_validate({"checkpoints": {"prefix": "train/x", "on_change": "new_run"}})
+    old = run_fingerprint(settings, None, {"d/cot.jsonl": "aa"}, world_size=1)
+    new = run_fingerprint(settings, None, {"d/cot.jsonl": "bb"}, world_size=1)
+    assert describe_change(old, new) == 'dataset.d/cot.jsonl: "aa" -> "bb"'
+    _fingerprinted_checkpoint(store, "train/x", old)
+
+    assert run_prefix(store, settings, old) == "train/x"
+    fresh = run_prefix(store, settings, new)
+    assert fresh == f"train/x-{fingerprint_digest(new)}"
+    # A rerun of the new settings finds its own run there and resumes it; the old run is left alone.
+    _fingerprinted_checkpoint(store, fresh, new)
+    assert run_prefix(store, settings, new) == fresh
+    assert CheckpointStore(store, "train/x").fingerprint(4) == old
+
+
+def test_a_finished_run_is_not_overwritten_by_another(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    settings = TrainSettings.model_validate({"checkpoints": {"prefix": "train/y"}})
+    finished = run_fingerprint(settings, None, {}, world_size=1)
+    store.put_bytes(f"train/y/{MANIFEST_FILE}", json.dumps({"fingerprint": finished}).encode())
+    other_seed = run_fingerprint(settings.model_copy(update={"run": TrainRunSettings(seed=7)}), None, {}, 1)
+    with pytest.raises(RunMismatchError, match=r"train/y holds a run with other settings \(run\.seed: 1234 -> 7\)"):
+        run_prefix(store, settings, other_seed)

@@ -70,7 +70,10 @@ def test_labels_mask_the_prompt_and_long_targets_are_cut(tiny_llama_dir: Path, s
         # The target is the assistant turn: the output text and the end-of-turn token, never the question.
         assert tokenizer.decode(trained) == pair.output + "<|im_end|>\n"
         prompt = tokenizer.decode(feature["input_ids"][: len(feature["input_ids"]) - len(trained)])
-        assert prompt == f"<|im_start|>user\n{pair.input}<|im_end|>\n<|im_start|>assistant\n"
+        # The sampler's framing: its system prompt and one-shot example, then the question.
+        assert prompt.startswith("<|im_start|>system\nYou are a patient math teacher.")
+        assert prompt.endswith(f"<|im_start|>user\n{pair.input}<|im_end|>\n<|im_start|>assistant\n")
+        assert prompt.count("<|im_start|>user\n") == 2
     short = tokenize_examples(tokenizer, pairs, max_length=len(features[0]["input_ids"]) - 5)
     assert len(short[0]["input_ids"]) == len(features[0]["input_ids"]) - 5
 
@@ -173,3 +176,19 @@ def test_metrics_are_served_on_the_configured_port(tmp_path: Path) -> None:
         metrics.close()
     assert "lema_train_loss 0.5" in page
     assert "lema_train_step 3.0" in page
+
+
+def test_a_taken_metrics_port_is_a_warning_not_a_lost_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        metrics = TrainingMetrics(MetricsSettings(port=port), run_name="tiny")
+        args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+        state, control = TrainerState(), TrainerControl()
+        metrics.on_train_begin(args, state, control)
+        state.global_step = 1
+        metrics.on_log(args, state, control, logs={"loss": 0.5})
+        metrics.close()
+    assert f"metrics.port {port}: cannot serve /metrics" in caplog.text
+    assert "training goes on" in caplog.text

@@ -45,10 +45,15 @@ class PromptTemplate:
 
     def render(self, **fields: str) -> tuple[ChatMessage, ...]:
         """System message, few-shot turns, then the user turn with every `{{placeholder}}` filled."""
+        return self.conversation(fill(self.user, fields, where=self.source))
+
+    def conversation(self, user: str, *, with_examples: bool = True) -> tuple[ChatMessage, ...]:
+        """System message, few-shot turns (unless left out), then `user`: the one framing a model sees for this
+        template, whether it samples, is evaluated (`lema eval`) or is fine-tuned on the result."""
         messages = [ChatMessage("system", self.system)]
-        for shot in self.examples:
+        for shot in self.examples if with_examples else ():
             messages += [ChatMessage("user", shot.user), ChatMessage("assistant", shot.assistant)]
-        messages.append(ChatMessage("user", fill(self.user, fields, where=self.source)))
+        messages.append(ChatMessage("user", user))
         return tuple(messages)
 
     def render_hint(self, **fields: str) -> str:

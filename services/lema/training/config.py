@@ -69,6 +69,11 @@ class CheckpointSettings(Section):
     every_steps: int = Field(100, gt=0)
     keep: int = Field(2, gt=0, description="Checkpoints kept in the store; older ones are deleted.")
     resume: bool = Field(True, description="Continue from the latest complete checkpoint in the store.")
+    on_change: Literal["refuse", "new_run"] = Field(
+        "refuse",
+        description="When the prefix holds a run with other settings, data or world size: refuse to start, or "
+        "start fresh under `<prefix>-<fingerprint>` (`lema train --new-run`).",
+    )
     merge_weights: bool = Field(False, description="Also save the base model with the adapter merged in.")
 
 

@@ -1,8 +1,10 @@
 """Training examples from the pipeline's datasets: read them from the store, mix them, and tokenize them so that the
 loss falls on the target tokens only.
 
-Prompts go through the tokenizer's chat template (user = input, assistant = output) when it has one, because that is
-how the sampler prompts the model: a model trained on other framing would be evaluated on text it never saw.
+A CoT example is framed exactly as the sampler and `lema eval` frame its question (`training_messages`: the task's
+sample template's system prompt and one-shot example, then the question), through the tokenizer's chat template: a
+model trained on other framing would be evaluated on text it never saw. A correction example keeps the system prompt
+and drops the one-shot solution, whose question is not the one being corrected.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from lema.records import CorrectionExample, CotExample
+from lema.llm.base import ChatMessage
+from lema.prompts import PromptTemplate, load_prompt
+from lema.records import CorrectionExample, CotExample, Task
 from lema.store import ArtifactStore
 from lema.training.config import DataSettings
 
@@ -34,6 +38,7 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class TextPair:
     kind: Literal["cot", "correction"]
+    task: Task
     input: str
     output: str
 
@@ -62,7 +67,7 @@ def _read_jsonl(
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<line>'}: {e['msg']}" for e in exc.errors())
             raise DataError(f"{store.uri(key)}:{number}: not a {schema.__name__}: {problems}") from None
-        pairs.append(TextPair(kind, record.input, record.output))
+        pairs.append(TextPair(kind, record.task, record.input, record.output))
     return pairs, hashlib.sha256(raw).hexdigest()
 
 
@@ -93,13 +98,27 @@ def _resample(pairs: list[TextPair], count: int, seed: int) -> list[TextPair]:
     return [order[i % len(order)] for i in range(count)]
 
 
-def _render(tokenizer: Any, pair: TextPair) -> tuple[str, str]:
+def training_messages(pair: TextPair, templates: dict[Task, PromptTemplate] | None = None) -> tuple[ChatMessage, ...]:
+    """The prompt of one example as chat messages: the same function frames sampling, evaluation and training."""
+    cache = templates if templates is not None else {}
+    template = cache.setdefault(pair.task, load_prompt("sample", pair.task))
+    return template.conversation(pair.input, with_examples=pair.kind == "cot")
+
+
+def _chat(messages: tuple[ChatMessage, ...]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def render_example(
+    tokenizer: Any, pair: TextPair, templates: dict[Task, PromptTemplate] | None = None
+) -> tuple[str, str]:
     """The prompt text and the target text, such that prompt + target is the whole training sequence."""
     if not tokenizer.chat_template:
-        return pair.input + "\n", pair.output + (tokenizer.eos_token or "")
-    user = {"role": "user", "content": pair.input}
-    prompt = tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template([user, {"role": "assistant", "content": pair.output}], tokenize=False)
+        raise DataError("the tokenizer has no chat template: lema prompts (and evaluates) models through one")
+    messages = _chat(training_messages(pair, templates))
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    answer = {"role": "assistant", "content": pair.output}
+    full = tokenizer.apply_chat_template([*messages, answer], tokenize=False)
     if not full.startswith(prompt):
         raise DataError("the tokenizer's chat template renders the prompt differently once an answer follows it")
     return prompt, full[len(prompt) :]
@@ -109,9 +128,10 @@ def tokenize_examples(tokenizer: Any, examples: list[TextPair], max_length: int)
     """`input_ids` and `labels` per example, labels masked on the prompt; targets longer than fit are cut."""
     features = []
     dropped = 0
+    templates: dict[Task, PromptTemplate] = {}
     for pair in examples:
-        prompt, target = _render(tokenizer, pair)
-        prompt_ids = tokenizer(prompt, add_special_tokens=not tokenizer.chat_template)["input_ids"]
+        prompt, target = render_example(tokenizer, pair, templates)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
         if len(prompt_ids) >= max_length:
             dropped += 1

@@ -14,9 +14,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from lema.checker import Checker, CheckItem
-from lema.config import CheckerSettings
+from lema.config import CheckerSettings, LLMSettings
 from lema.llm.base import GenerationRequest, LLMBackend
 from lema.prompts import PromptTemplate, format_choices, load_prompt
 from lema.records import GenerationParams, Question
@@ -67,6 +68,9 @@ def accuracy(results: Sequence[ItemResult]) -> Accuracy:
 
 @dataclass(frozen=True)
 class Comparison:
+    """Two runs on the same questions. `gained`/`lost`: questions only the candidate / only the baseline got right;
+    the questions both got right or both got wrong say nothing about which run is better."""
+
     common: int
     baseline: float
     candidate: float
@@ -74,6 +78,7 @@ class Comparison:
     high: float
     gained: int
     lost: int
+    p_value: float
 
     @property
     def difference(self) -> float:
@@ -82,8 +87,8 @@ class Comparison:
     def __str__(self) -> str:
         return (
             f"difference {self.difference:+.1%} ({self.candidate:.1%} vs {self.baseline:.1%} on {self.common} "
-            f"common questions), 95% CI [{self.low:+.1%}, {self.high:+.1%}]; "
-            f"{self.gained} newly right, {self.lost} newly wrong"
+            f"common questions), 95% CI [{self.low:+.1%}, {self.high:+.1%}] (Tango score); "
+            f"{self.gained} newly right, {self.lost} newly wrong, exact McNemar p = {self.p_value:.3g}"
         )
 
 
@@ -95,18 +100,61 @@ def compare(baseline: Sequence[ItemResult], candidate: Sequence[ItemResult]) -> 
     if not pairs:
         raise EvalError("the two runs share no question ids")
     n = len(pairs)
-    diffs = [int(after) - int(was) for was, after in pairs]
-    mean = sum(diffs) / n
-    spread = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else 0.0
+    gained = sum(1 for was, now in pairs if now and not was)
+    lost = sum(1 for was, now in pairs if was and not now)
+    low, high = tango_interval(gained, lost, n)
     return Comparison(
         common=n,
         baseline=sum(was for was, _ in pairs) / n,
-        candidate=sum(after for _, after in pairs) / n,
-        low=mean - Z_95 * spread,
-        high=mean + Z_95 * spread,
-        gained=diffs.count(1),
-        lost=diffs.count(-1),
+        candidate=sum(now for _, now in pairs) / n,
+        low=low,
+        high=high,
+        gained=gained,
+        lost=lost,
+        p_value=mcnemar_exact(gained, lost),
     )
+
+
+def mcnemar_exact(gained: int, lost: int) -> float:
+    """Two-sided exact McNemar test: under 'no difference' each discordant question is a fair coin flip, so the
+    p-value is a binomial tail. Exact, hence valid for the handful of discordant pairs small evaluations give."""
+    discordant = gained + lost
+    if discordant == 0:
+        return 1.0
+    tail: float = sum(math.comb(discordant, k) for k in range(min(gained, lost) + 1)) / 2**discordant
+    return min(1.0, 2 * tail)
+
+
+def tango_interval(gained: int, lost: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Tango's (1998) score interval for a paired difference of proportions, Δ = (gained - lost) / n: every Δ the
+    score test does not reject. Unlike the Wald interval it is never zero-width (no change in 50 questions still
+    leaves about ±7%) and stays inside [-1, 1]; each bound is found by bisection on the monotone statistic."""
+    estimate = (gained - lost) / n
+
+    def score(delta: float) -> float:
+        # The constrained maximum-likelihood estimate of P(lost) given Δ (Tango's closed form), then the statistic.
+        a, b = 2 * n, -gained - lost + (2 * n - gained + lost) * delta
+        c = -lost * delta * (1 - delta)
+        q_lost = (math.sqrt(max(b * b - 4 * a * c, 0.0)) - b) / (2 * a)
+        variance = n * (2 * q_lost + delta * (1 - delta))
+        centred = gained - lost - n * delta
+        if centred == 0:
+            return 0.0
+        return centred / math.sqrt(variance) if variance > 0 else math.copysign(math.inf, centred)
+
+    def bound(inside: float, outside: float, critical: float) -> float:
+        """The Δ between `inside` (not rejected) and `outside` where the statistic crosses `critical`."""
+        if abs(score(outside)) <= abs(critical):
+            return outside
+        for _ in range(100):
+            middle = (inside + outside) / 2
+            if (score(middle) - critical) * (score(inside) - critical) > 0:
+                inside = middle
+            else:
+                outside = middle
+        return (inside + outside) / 2
+
+    return bound(estimate, -1.0, z), bound(estimate, 1.0, -z)
 
 
 def evaluate(
@@ -127,6 +175,42 @@ def evaluate(
         ItemResult(q.id, q.gold, result.predicted, result.correct, result.reason, text)
         for q, text, result in zip(questions, responses, checked, strict=True)
     ]
+
+
+def eval_llm_settings(
+    *,
+    model: str | None,
+    adapter: Path | None,
+    backend: str,
+    base_url: str | None,
+    config: Path | None,
+    llm: str | None,
+    overrides: dict[str, Any],
+) -> LLMSettings:
+    """The LLM to evaluate: an entry of a pipeline config's `llms` table (`--config` + `--llm`), an OpenAI-compatible
+    server (`--base-url`), or a local backend; `--model` names the model in each, `--adapter` is merged into it."""
+    if (config is None) != (llm is None):
+        raise EvalError("--config and --llm go together: the config's `llms` table names the LLM to evaluate")
+    if config is not None and llm is not None:
+        from lema.config import LemaSettings, load_settings
+
+        table = load_settings(config, [], settings_cls=LemaSettings).llms
+        if llm not in table:
+            raise EvalError(f"{config}: no LLM {llm!r} in llms (defined: {sorted(table)})")
+        fields = table[llm].model_dump()
+    elif base_url is not None:
+        fields = {"backend": "openai", "base_url": base_url, **overrides}
+    else:
+        fields = {"backend": backend, **overrides}
+    if model is not None:
+        fields["model"] = model
+    if "model" not in fields:
+        raise EvalError("lema eval needs --model (or --config with --llm)")
+    if adapter is not None:
+        if fields["backend"] == "openai":
+            raise EvalError("--adapter cannot be merged into a remote server: serve the merged model, then --base-url")
+        fields["model"] = str(merged_model_dir(fields["model"], adapter, fields.get("cache_dir")))
+    return LLMSettings.model_validate(fields)
 
 
 def write_results(path: Path, results: Sequence[ItemResult]) -> None:

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,7 +27,14 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from lema.config import ConfigError
 from lema.store import ArtifactStore, StoreError, create_store
-from lema.training.checkpoints import CheckpointStore, UploadCheckpoints
+from lema.training.checkpoints import (
+    CheckpointStore,
+    RunMismatchError,
+    UploadCheckpoints,
+    describe_change,
+    fingerprint_digest,
+    run_fingerprint,
+)
 from lema.training.config import TrainSettings, load_train_settings
 from lema.training.data import DataError, load_training_data, tokenize_examples
 from lema.training.metrics import TrainingMetrics
@@ -99,6 +107,8 @@ class TrainingJob:
     dataset_sha256: dict[str, str]
     metrics: TrainingMetrics
     checkpoints: CheckpointStore
+    prefix: str
+    fingerprint: dict[str, Any]
     resume_from: Path | None = None
     results: dict[str, float] = field(default_factory=dict)
 
@@ -140,12 +150,18 @@ class TrainingJob:
             report_to="none",
             disable_tqdm=True,
         )
-        checkpoints = CheckpointStore(store, settings.checkpoints.prefix)
+        fingerprint = run_fingerprint(settings, ds_config, data.sha256, args.world_size)
+        prefix = run_prefix(store, settings, fingerprint)
+        checkpoints = CheckpointStore(store, prefix)
         resume_from = None
         with args.main_process_first(local=True, desc="model conversion and checkpoint download"):
             tokenizer = load_tokenizer(settings.model)
-            model = load_lora_model(settings.model, settings.lora)
+            zero3 = (ds_config or {}).get("zero_optimization", {}).get("stage") == 3
+            model = load_lora_model(settings.model, settings.lora, zero3=zero3)
             steps = checkpoints.complete_steps() if settings.checkpoints.resume else []
+            if args.local_process_index == 0:
+                # Whatever an earlier run left on this disk is not trusted: the store holds the checkpoints.
+                shutil.rmtree(local_checkpoints, ignore_errors=True)
             if steps:
                 # One download per node; the node's other ranks read it once the first process leaves this block.
                 resume_from = local_checkpoints / f"checkpoint-{steps[-1]}"
@@ -159,9 +175,12 @@ class TrainingJob:
             train_dataset=features,
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
             processing_class=tokenizer,
-            callbacks=[metrics, UploadCheckpoints(checkpoints, local_checkpoints, settings.checkpoints.keep)],
+            callbacks=[
+                metrics,
+                UploadCheckpoints(checkpoints, local_checkpoints, settings.checkpoints.keep, fingerprint),
+            ],
         )
-        return cls(settings, store, trainer, data.sha256, metrics, checkpoints, resume_from)
+        return cls(settings, store, trainer, data.sha256, metrics, checkpoints, prefix, fingerprint, resume_from)
 
     def train(self) -> None:
         if self.resume_from is not None:
@@ -172,7 +191,7 @@ class TrainingJob:
 
     def save(self) -> None:
         """Adapter (and, if asked, merged weights) to the store, then the manifest: written last, it marks the end."""
-        prefix = self.settings.checkpoints.prefix
+        prefix = self.prefix
         adapter_dir = self.settings.run.work_dir / "adapter"
         self.trainer.save_model(str(adapter_dir))  # collective under ZeRO-3: every rank takes part
         if not self.trainer.is_world_process_zero():
@@ -189,6 +208,8 @@ class TrainingJob:
                 _upload_dir(self.store, Path(scratch), merged)
         manifest = {
             "run": self.settings.run.name,
+            "prefix": self.store.uri(prefix),
+            "fingerprint": self.fingerprint,
             "adapter": self.store.uri(f"{prefix}/adapter"),
             "merged": self.store.uri(merged) if merged else None,
             "datasets_sha256": self.dataset_sha256,
@@ -199,11 +220,44 @@ class TrainingJob:
         }
         self.store.put_bytes(f"{prefix}/{MANIFEST_FILE}", json.dumps(manifest, indent=2).encode())
         log.info("adapter and manifest stored at %s", self.store.uri(prefix))
+        shutil.rmtree(adapter_dir, ignore_errors=True)
 
     def cleanup(self) -> None:
         self.metrics.close()
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _stored_fingerprint(store: ArtifactStore, prefix: str) -> dict[str, Any] | None:
+    """The fingerprint of the run at `prefix`: its latest complete checkpoint's, else its manifest's; None if the
+    prefix holds neither (nothing there to resume or to overwrite)."""
+    checkpoints = CheckpointStore(store, prefix)
+    steps = checkpoints.complete_steps()
+    if steps:
+        return checkpoints.fingerprint(steps[-1])
+    if store.exists(f"{prefix}/{MANIFEST_FILE}"):
+        stored: dict[str, Any] = json.loads(store.get_bytes(f"{prefix}/{MANIFEST_FILE}")).get("fingerprint") or {}
+        return stored
+    return None
+
+
+def run_prefix(store: ArtifactStore, settings: TrainSettings, fingerprint: dict[str, Any]) -> str:
+    """Where this run keeps checkpoints, adapter and manifest: `checkpoints.prefix`, unless a run with another
+    fingerprint is there. Then the job refuses (one line naming what changed), or with `on_change: new_run`
+    starts under `<prefix>-<fingerprint digest>`, which a rerun of the same settings resumes."""
+    prefix = settings.checkpoints.prefix
+    stored = _stored_fingerprint(store, prefix)
+    if stored is None or stored == fingerprint:
+        return prefix
+    change = describe_change(stored, fingerprint) if stored else "it predates run fingerprints"
+    fresh = f"{prefix}-{fingerprint_digest(fingerprint)}"
+    if settings.checkpoints.on_change == "refuse":
+        raise RunMismatchError(
+            f"{store.uri(prefix)} holds a run with other settings ({change}); resuming it would mix two runs: "
+            f"use another checkpoints.prefix, or --new-run to start fresh under {fresh}"
+        )
+    log.warning("%s holds a run with other settings (%s): this run starts under %s", prefix, change, fresh)
+    return fresh
 
 
 def _upload_dir(store: ArtifactStore, local_dir: Path, prefix: str) -> None:
@@ -241,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{os.environ.get('RANK', '0')} %(message)s")
     try:
         results = run_job(load_train_settings(args.config, args.overrides))
-    except (ConfigError, DataError, StoreError) as exc:
+    except (ConfigError, DataError, StoreError, RunMismatchError) as exc:
         log.error("error: %s", exc)
         return 2
     log.info("finished: %s", json.dumps(results))

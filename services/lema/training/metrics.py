@@ -42,8 +42,12 @@ class TrainingMetrics(TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
         if state.is_world_process_zero and self.settings.port is not None:
-            self._server = start_http_server(self.settings.port, registry=self.registry)[0]
-            log.info("serving training metrics on :%d/metrics", self.settings.port)
+            try:
+                self._server = start_http_server(self.settings.port, registry=self.registry)[0]
+                log.info("serving training metrics on :%d/metrics", self.settings.port)
+            except OSError as exc:
+                # Metrics are worth a warning, never a lost training run.
+                log.warning("metrics.port %d: cannot serve /metrics (%s); training goes on", self.settings.port, exc)
         self._last = (time.perf_counter(), state.num_input_tokens_seen)
 
     def on_log(

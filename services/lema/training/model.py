@@ -40,8 +40,12 @@ def load_tokenizer(settings: ModelSettings) -> Any:
     return tokenizer
 
 
-def load_lora_model(settings: ModelSettings, lora: LoraSettings) -> Any:
-    """The base model with trainable LoRA adapters on `lora.target_modules`; every base weight is frozen."""
+def load_lora_model(settings: ModelSettings, lora: LoraSettings, zero3: bool = False) -> Any:
+    """The base model with trainable LoRA adapters on `lora.target_modules`; every base weight is frozen.
+
+    QLoRA under ZeRO-3 shards the 4-bit weights like any other parameter, which needs them packed in the model's
+    dtype (`bnb_4bit_quant_storage`) and every parameter in that one dtype: PEFT's k-bit preparation, which casts
+    the unquantized ones to fp32, is then left out."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -53,11 +57,12 @@ def load_lora_model(settings: ModelSettings, lora: LoraSettings) -> Any:
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_storage=dtype,
         )
     model: Any = AutoModelForCausalLM.from_pretrained(
         resolve_model_dir(settings.name, settings.cache_dir), dtype=dtype, quantization_config=quantization
     )
-    if quantization is not None:
+    if quantization is not None and not zero3:
         model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
             model, use_gradient_checkpointing=settings.gradient_checkpointing
         )
