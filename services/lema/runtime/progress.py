@@ -16,6 +16,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from lema.bus.base import Topics
+from lema.bus.kafka import client_options
 from lema.config import BusSettings
 from lema.pipeline import CheckerWorker, CorrectorWorker, DatasetWriterWorker, EvolverWorker, SamplerWorker
 from lema.runtime.wire import WireError, decode
@@ -39,10 +40,8 @@ class FlowTracker:
         self.settings, self.store, self.run = settings, store, run
         self.groups = {settings.group_prefix + name: SERVICE_INPUTS[name] for name in services}
         self.records: dict[str, set[str]] = {topic: set() for topic in Topics.ALL}
-        self._admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="lema-progress")
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, fetch_max_wait_ms=100
-        )
+        self._admin = KafkaAdminClient(**client_options(settings), client_id="lema-progress")
+        self._consumer = KafkaConsumer(**client_options(settings), enable_auto_commit=False, fetch_max_wait_ms=100)
         self._partitions = [
             TopicPartition(settings.topic_prefix + topic, partition)
             for topic in Topics.ALL
