@@ -10,6 +10,7 @@ the Kafka runtime over consumer groups, with the same code.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -19,12 +20,13 @@ from typing import Protocol, TypeVar
 from lema.bus.base import Message, Topics
 from lema.checker import Checker
 from lema.config import LemaSettings, LLMSettings
+from lema.evolver_state import EvolverState, create_evolver_state
 from lema.llm.base import LLMBackend
 from lema.records import Attempt, CorrectedAttempt, Drop, Question, Record
 from lema.stages.check import check_attempts
 from lema.stages.correct import correct_attempts
 from lema.stages.dataset import DatasetBuilder
-from lema.stages.evolve import QuestionIndex, evolve_questions
+from lema.stages.evolve import evolve_by_seed
 from lema.stages.sample import sample_questions
 from lema.stages.verify import verify_corrections
 
@@ -46,6 +48,7 @@ class Resources:
         self._backends: dict[str, LLMBackend] = {}
         self._checker: Checker | None = None
         self._making = threading.Lock()
+        self._evolver_state: EvolverState | None = None
 
     def llm(self, name: str) -> LLMBackend:
         with self._making:  # batches processed side by side must not each build the same model
@@ -60,6 +63,13 @@ class Resources:
         return self._checker
 
     @property
+    def evolver_state(self) -> EvolverState:
+        if self._evolver_state is None:
+            threshold = self.settings.evolve.near_duplicate_threshold
+            self._evolver_state = create_evolver_state(self.settings.bus, threshold, f"lema-evolver-{os.getpid()}")
+        return self._evolver_state
+
+    @property
     def backends(self) -> Mapping[str, LLMBackend]:
         return dict(self._backends)
 
@@ -70,6 +80,9 @@ class Resources:
         if self._checker is not None:
             self._checker.close()
             self._checker = None
+        if self._evolver_state is not None:
+            self._evolver_state.close()
+            self._evolver_state = None
 
 
 class Worker(Protocol):
@@ -142,41 +155,50 @@ class CorrectorWorker:
 
 
 class EvolverWorker:
-    """Indexes every question it sees; evolves each question with a verified correction once, for bounded rounds."""
+    """Remembers every question it sees; evolves each question with a verified correction once, for bounded rounds.
+
+    What it remembers and which seeds are evolved live in the `EvolverState` (shared by every replica on a Kafka
+    bus): a seed is evolved by the delivery of the correction that claimed it first, and a redelivery of that
+    correction republishes the recorded outputs rather than evolving again.
+    """
 
     name = "evolver"
     inputs: Mapping[str, type[Record]] = {Topics.QUESTIONS: Question, Topics.VERIFIED: CorrectedAttempt}
 
     def __init__(self, settings: LemaSettings, resources: Resources) -> None:
         self.settings, self.resources = settings, resources
-        self.index = QuestionIndex(settings.evolve.near_duplicate_threshold)
-        self.evolved: set[str] = set()
 
     def process(self, topic: str, records: Sequence[Record]) -> list[Message]:
+        state = self.resources.evolver_state
         if topic == Topics.QUESTIONS:
-            for question in _typed(records, Question):
-                self.index.add(question)
+            state.remember(_typed(records, Question))
             return []
         settings = self.settings.evolve
-        seeds: dict[str, Question] = {}
+        candidates: dict[str, tuple[Question, str]] = {}
         for item in _typed(records, CorrectedAttempt):
             question = item.question
-            if settings.enabled and question.round < settings.rounds and question.id not in self.evolved:
-                seeds.setdefault(question.id, question)
-        if not seeds:
+            if settings.enabled and question.round < settings.rounds:
+                candidates.setdefault(question.id, (question, item.correction.id))
+        if not candidates:
             return []
-        for question in seeds.values():
-            self.index.add(question)
-        voters = [self.resources.llm(m) for m in (settings.answer_models or self.settings.sample.models)]
-        questions, drops = evolve_questions(
-            list(seeds.values()),
-            self.resources.llm(settings.model),
-            voters,
-            self.index,
-            settings,
-            self.settings.run.prompts_dir,
-        )
-        self.evolved.update(seeds)  # only after success: a failed batch is retried with the same seeds
+        owners = state.claim({seed_id: claimant for seed_id, (_, claimant) in candidates.items()})
+        mine = {seed: owners[seed] for seed, (_, claimant) in candidates.items() if owners[seed].claimant == claimant}
+        done = [owner for owner in mine.values() if owner.done]  # redelivered: publish what was recorded
+        seeds = [candidates[seed_id][0] for seed_id, owner in mine.items() if not owner.done]
+        if seeds:
+            state.remember(seeds)
+            voters = [self.resources.llm(m) for m in (settings.answer_models or self.settings.sample.models)]
+            outputs = evolve_by_seed(
+                seeds, self.resources.llm(settings.model), voters, state.index, settings, self.settings.run.prompts_dir
+            )
+            evolved = [
+                mine[seed_id].model_copy(update={"done": True, "questions": tuple(qs), "drops": tuple(ds)})
+                for seed_id, (qs, ds) in outputs.items()
+            ]
+            state.record(evolved)  # before publishing: a crash from here on republishes these outputs
+            done += evolved
+        questions = [q for evolution in done for q in evolution.questions]
+        drops = [d for evolution in done for d in evolution.drops]
         return _messages(Topics.QUESTIONS, questions) + _messages(Topics.DROPS, drops)
 
 

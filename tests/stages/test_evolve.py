@@ -78,3 +78,41 @@ def test_tie_is_no_majority(rule_llm: Callable[..., Any]) -> None:
     (kept, drops), _ = evolve_with(rule_llm, [draft], {"library": ["84", "80"]}, votes=4, majority=0.4)
     assert kept == []
     assert [d.reason for d in drops] == ["no_majority"]
+
+
+def _brute_force(index: QuestionIndex, questions: list[Question], text: str) -> tuple[str, str] | None:
+    """The definition the index must agree with: the first known question (by id) at or above the threshold."""
+    probe = QuestionIndex(index.threshold)
+    probe.add(Question.create(text, "0", "gsm8k", "probe"))
+    (shingles,) = probe._shingles.values()
+    for known in sorted(questions, key=lambda q: q.id):
+        other = index._shingles[known.id]
+        if len(shingles & other) / len(shingles | other) >= index.threshold:
+            return "near_duplicate", known.id
+    return None
+
+
+def test_near_duplicate_lookup_reads_only_rare_postings_and_agrees_with_a_full_scan() -> None:
+    """Every known question shares the bigrams 'how many' and 'are there': a full union of postings would read
+    them all; the prefix filter must still find exactly what a scan over every question finds."""
+    words = [f"w{i}" for i in range(60)]
+    questions = [
+        Question.create(
+            f"A {words[i % 60]} has {i} {words[(i * 7) % 60]} and {words[(i * 13) % 60]} of {words[(i * 5) % 60]}. "
+            "How many items are there?",
+            "1",
+            "gsm8k",
+            f"t:{i}",
+        )
+        for i in range(400)
+    ]
+    index = QuestionIndex(threshold=0.6)
+    for question in questions:
+        index.add(question)
+    probes = [q.text.replace("items", "things") for q in questions[:60]] + [
+        "A w1 has 3 w7 and w13 of w5. How many items are there?",
+        "Something entirely new about w3 and w9, with no shared phrase at all here.",
+    ]
+    for text in probes:
+        assert index.duplicate_of(text) == _brute_force(index, questions, text), text
+    assert index.knows(questions[0].id) and not index.knows("q-unknown")

@@ -8,6 +8,7 @@ question without a clear majority, without a numeric answer, or too close to a k
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -52,6 +53,9 @@ class QuestionIndex:
     def __len__(self) -> int:
         return len(self._shingles)
 
+    def knows(self, question_id: str) -> bool:
+        return question_id in self._shingles
+
     def add(self, question: Question) -> None:
         if question.id in self._shingles:
             return
@@ -62,12 +66,20 @@ class QuestionIndex:
             self._postings.setdefault(shingle, set()).add(question.id)
 
     def duplicate_of(self, text: str) -> tuple[str, str] | None:
-        """(`exact_duplicate` | `near_duplicate`, id of the known question), or None for a new question."""
+        """(`exact_duplicate` | `near_duplicate`, id of the known question), or None for a new question.
+
+        Exact prefix filtering keeps the cost independent of how many questions are known: a question with Jaccard
+        similarity >= t shares at least k = ceil(t * |S|) of the probe's shingles S, so it holds one of any
+        |S| - k + 1 of them; only the postings of that many *rarest* shingles are read, never those of a bigram
+        every question has ("how many").
+        """
         exact = self._exact.get(_normalise(text))
         if exact is not None:
             return "exact_duplicate", exact
         shingles = _shingles(text)
-        candidates = set().union(*(self._postings.get(s, set()) for s in shingles))
+        must_share = math.ceil(self.threshold * len(shingles) - 1e-9)
+        rarest = sorted(shingles, key=lambda s: len(self._postings.get(s, ())))[: len(shingles) - must_share + 1]
+        candidates = set().union(*(self._postings.get(s, set()) for s in rarest))
         for known in sorted(candidates):
             other = self._shingles[known]
             if len(shingles & other) / len(shingles | other) >= self.threshold:
@@ -134,28 +146,60 @@ def evolve_questions(
     prompts_dir: Path | None = None,
 ) -> tuple[list[Question], list[Drop]]:
     """New questions (round = seed round + 1) with majority-vote gold; `index` learns every kept question."""
-    drafts, drops = [], []
+    outcomes = [outcome for _, outcome in _evolve(seeds, generator, voters, index, settings, prompts_dir)]
+    return [o for o in outcomes if isinstance(o, Question)], [o for o in outcomes if isinstance(o, Drop)]
+
+
+def evolve_by_seed(
+    seeds: Sequence[Question],
+    generator: LLMBackend,
+    voters: Sequence[LLMBackend],
+    index: QuestionIndex,
+    settings: EvolveSettings,
+    prompts_dir: Path | None = None,
+) -> dict[str, tuple[list[Question], list[Drop]]]:
+    """`evolve_questions`, its results grouped by seed id (every seed has an entry): what each seed produced."""
+    by_seed: dict[str, tuple[list[Question], list[Drop]]] = {seed.id: ([], []) for seed in seeds}
+    for seed_id, outcome in _evolve(seeds, generator, voters, index, settings, prompts_dir):
+        questions, drops = by_seed[seed_id]
+        if isinstance(outcome, Question):
+            questions.append(outcome)
+        else:
+            drops.append(outcome)
+    return by_seed
+
+
+def _evolve(
+    seeds: Sequence[Question],
+    generator: LLMBackend,
+    voters: Sequence[LLMBackend],
+    index: QuestionIndex,
+    settings: EvolveSettings,
+    prompts_dir: Path | None,
+) -> list[tuple[str, Question | Drop]]:
+    """(seed id, kept question or drop) for every draft: the drafts' own filters first, then the vote's."""
+    drafts: list[tuple[Question, str, str]] = []
+    outcomes: list[tuple[str, Question | Drop]] = []
     for seed, draft_id, text in _generate(seeds, generator, settings, prompts_dir):
         if len(text.split()) < MIN_WORDS:
-            drops.append(Drop(stage=STAGE, reason="too_short", record_id=draft_id, detail=text[:200]))
+            outcomes.append((seed.id, Drop(stage=STAGE, reason="too_short", record_id=draft_id, detail=text[:200])))
         elif (duplicate := index.duplicate_of(text)) is not None:
-            drops.append(Drop(stage=STAGE, reason=duplicate[0], record_id=draft_id, detail=duplicate[1]))
+            outcomes.append((seed.id, Drop(stage=STAGE, reason=duplicate[0], record_id=draft_id, detail=duplicate[1])))
         else:
             drafts.append((seed, draft_id, text))
-    kept: list[Question] = []
     for (seed, draft_id, text), tally in zip(drafts, _vote(drafts, voters, settings, prompts_dir), strict=True):
         top = tally.most_common(2)
+        drop: Drop | None = None
         if not top or top[0][1] <= settings.majority * settings.votes or (len(top) > 1 and top[1][1] == top[0][1]):
-            drops.append(Drop(stage=STAGE, reason="no_majority", record_id=draft_id, detail=str(dict(tally))))
-            continue
-        gold = top[0][0]
-        if not is_numeric_answer(gold):
-            drops.append(Drop(stage=STAGE, reason="non_numeric_answer", record_id=draft_id, detail=gold))
-            continue
-        if (duplicate := index.duplicate_of(text)) is not None:  # a sibling from this batch got there first
-            drops.append(Drop(stage=STAGE, reason=duplicate[0], record_id=draft_id, detail=duplicate[1]))
+            drop = Drop(stage=STAGE, reason="no_majority", record_id=draft_id, detail=str(dict(tally)))
+        elif not is_numeric_answer(gold := top[0][0]):
+            drop = Drop(stage=STAGE, reason="non_numeric_answer", record_id=draft_id, detail=gold)
+        elif (duplicate := index.duplicate_of(text)) is not None:  # a sibling from this batch got there first
+            drop = Drop(stage=STAGE, reason=duplicate[0], record_id=draft_id, detail=duplicate[1])
+        if drop is not None:
+            outcomes.append((seed.id, drop))
             continue
         question = Question.create(text, gold, "gsm8k", source="evolved", parent_id=seed.id, round=seed.round + 1)
         index.add(question)
-        kept.append(question)
-    return kept, drops
+        outcomes.append((seed.id, question))
+    return outcomes

@@ -1,0 +1,208 @@
+"""The evolver's state on the real broker: it survives a restart and is shared by every replica.
+
+A rule-driven LLM stands in for the generator and the voters (outputs chosen by the test, calls counted); the
+broker, the consumer groups and the state topic are the real ones.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+
+import pytest
+from platform_testing import bus_settings, read_topics
+
+from lema.bus.base import Message, Topics
+from lema.bus.kafka import KafkaBus, ensure_topics
+from lema.config import BusSettings, LemaSettings, LLMSettings
+from lema.evolver_state.kafka import KafkaEvolverState
+from lema.llm.base import Completion, GenerationRequest, TokenUsage
+from lema.pipeline import Resources, build_worker
+from lema.records import CorrectedAttempt, Correction, Question, ReasoningPath
+from lema.runtime.infra import LocalBroker
+from lema.runtime.kafka_worker import KafkaWorker
+from lema.runtime.wire import decode
+
+SEEDS = 12
+CORRECTIONS_PER_SEED = 3
+
+
+class CountingLLM:
+    """Writes one new question per seed (its text names the seed) and always votes for 42; counts generations."""
+
+    def __init__(self, calls: Counter[str]) -> None:
+        self.calls = calls
+
+    @property
+    def model(self) -> str:
+        return "rule-llm"
+
+    @property
+    def usage(self) -> TokenUsage:
+        return TokenUsage()
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        out = []
+        for request in requests:
+            prompt = request.messages[-1].content
+            marker = next((w for w in prompt.split() if w.startswith("seedmark")), "")
+            if not prompt.startswith("Original problem:"):
+                text = "Step 1: count.\nThe answer is 42."
+            else:
+                self.calls[marker] += 1
+                w = "".join(chr(ord("a") + int(d)) for d in marker.removeprefix("seedmark"))  # numbers are masked
+                text = f"New problem: Ranch {w} keeps {w}sheep in {w}pens by {w}lake for {w}days. How many pens?"
+            out.append([Completion(text, 1, 1)])
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def seed_flow() -> tuple[list[Question], list[CorrectedAttempt]]:
+    seeds = [
+        Question.create(f"Farm seedmark{i} has {i} goats and buys {i} more. How many?", str(2 * i), "gsm8k", f"f:{i}")
+        for i in range(SEEDS)
+    ]
+    corrections = []
+    for seed in seeds:
+        for k in range(CORRECTIONS_PER_SEED):
+            path = ReasoningPath(
+                id=f"p-{seed.id}-{k}",
+                question_id=seed.id,
+                model="m",
+                sample_index=k,
+                prompt_version="t",
+                text="The answer is 1",
+                verdict="wrong",
+            )
+            correction = Correction(
+                id=f"c-{seed.id}-{k}",
+                path_id=path.id,
+                question_id=seed.id,
+                incorrect_step=1,
+                explanation="Added wrong.",
+                corrected_solution=f"The answer is {seed.gold}",
+                answer=seed.gold,
+                corrector_model="m",
+                prompt_version="t",
+                verified=True,
+            )
+            corrections.append(CorrectedAttempt(question=seed, path=path, correction=correction))
+    return seeds, corrections
+
+
+def settings_for(bus: BusSettings) -> LemaSettings:
+    return LemaSettings(
+        llms={"rule": LLMSettings(backend="replay")},
+        sample={"models": ("rule",)},
+        correct={"model": "rule"},
+        evolve={"model": "rule", "answer_models": ("rule",), "questions_per_seed": 1, "votes": 1},
+        bus=bus,
+    )
+
+
+@pytest.fixture
+def bus(broker: LocalBroker) -> Iterator[tuple[BusSettings, KafkaBus]]:
+    settings = bus_settings(broker)
+    ensure_topics(settings, Topics.ALL, partitions=3, replication_factor=1)
+    producer = KafkaBus(settings, client_id="test-producer")
+    yield settings, producer
+    producer.close()
+
+
+def evolver(bus: BusSettings, calls: Counter[str], name: str) -> tuple[KafkaWorker, Resources]:
+    settings = settings_for(bus)
+    resources = Resources(settings, lambda _name, _settings: CountingLLM(calls))
+    return KafkaWorker(build_worker("evolver", settings, resources), bus, client_id=name), resources
+
+
+def run_until(worker: KafkaWorker, consumed: int, timeout_s: float = 90) -> None:
+    total, deadline = 0, time.monotonic() + timeout_s
+    while total < consumed:
+        assert time.monotonic() < deadline, f"consumed {total} of {consumed} messages"
+        total += worker.step(0.5)
+
+
+def evolved_on_topic(bus: BusSettings, expected: int) -> list[Question]:
+    deliveries = read_topics(bus, [Topics.QUESTIONS], expected=expected, timeout_s=20)
+    return [q for d in deliveries if isinstance(q := decode(d.value), Question) and q.source == "evolved"]
+
+
+def test_a_restarted_evolver_remembers_every_question_and_evolves_nothing_again(
+    bus: tuple[BusSettings, KafkaBus],
+) -> None:
+    settings, producer = bus
+    seeds, corrections = seed_flow()
+    producer.publish([Message(Topics.QUESTIONS, q.key, q) for q in seeds])
+    producer.publish([Message(Topics.VERIFIED, c.key, c) for c in corrections])
+    calls: Counter[str] = Counter()
+
+    # The first evolver publishes its outputs and is killed before it commits (the window a SIGKILL hits).
+    first, resources = evolver(settings, calls, "evolver-1")
+    handled = 0
+    deadline = time.monotonic() + 90
+    while handled < len(seeds) + len(corrections):
+        assert time.monotonic() < deadline
+        deliveries = first.inbox.poll(0.5)
+        first._handle(deliveries)
+        handled += len(deliveries)
+    first.inbox._consumer.close(autocommit=False)
+    first.bus.close()
+    resources.close()
+    assert sorted(calls.values()) == [1] * SEEDS
+
+    second, resources = evolver(settings, calls, "evolver-2")
+    try:
+        state = resources.evolver_state
+        assert len(state.index) == 2 * SEEDS  # every seed and every evolved question, read back from the broker
+        run_until(second, len(seeds) + len(corrections))  # everything is redelivered: nothing was committed
+    finally:
+        second.close()
+        resources.close()
+    assert sorted(calls.values()) == [1] * SEEDS, "a seed was evolved again"
+    evolved = evolved_on_topic(settings, len(seeds) + SEEDS)
+    assert Counter(q.parent_id for q in evolved) == {s.id: 2 for s in seeds}  # republished: same message twice
+    assert len({q.id for q in evolved}) == SEEDS
+
+
+def test_two_replicas_never_evolve_the_same_seed(bus: tuple[BusSettings, KafkaBus]) -> None:
+    settings, producer = bus
+    seeds, corrections = seed_flow()
+    producer.publish([Message(Topics.VERIFIED, c.key, c) for c in corrections])
+    calls: Counter[str] = Counter()
+    replicas = [evolver(settings, calls, f"replica-{i}") for i in range(2)]
+    consumed = Counter[int]()
+    stop = threading.Event()
+
+    def consume(index: int) -> None:
+        worker = replicas[index][0]
+        while not stop.is_set():
+            consumed[index] += worker.step(0.3)
+
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 120
+    try:
+        while sum(consumed.values()) < len(corrections):
+            assert time.monotonic() < deadline, f"consumed {dict(consumed)} of {len(corrections)}"
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        for worker, resources in replicas:
+            worker.close()
+            resources.close()
+    assert all(consumed.values()), f"one replica got no partition: {dict(consumed)}"
+    assert sorted(calls.values()) == [1] * SEEDS, f"seeds evolved more than once: {calls}"
+    evolved = evolved_on_topic(settings, SEEDS)
+    assert sorted(str(q.parent_id) for q in evolved) == sorted(s.id for s in seeds)
+    restored = KafkaEvolverState(settings, 0.85, "test-reader")
+    try:
+        assert len(restored.index) == SEEDS * 2
+    finally:
+        restored.close()
