@@ -8,9 +8,11 @@ the clone's own `services/` (what a fresh `make venv` would install). The one ch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -23,7 +25,8 @@ SECTION = re.compile(r"<!-- section:first-hour -->(.*?)<!-- /section:first-hour 
 BLOCK = re.compile(r"```bash\n(.*?)```", re.DOTALL)
 INSTALL = ("git clone", "make venv")
 
-pytestmark = pytest.mark.slow
+# About 2 minutes on 2 free cores; the limit leaves room for a machine shared with other jobs.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def first_hour_commands() -> str:
@@ -49,14 +52,21 @@ def test_readme_first_hour_commands_run_in_a_fresh_clone(tmp_path: Path) -> None
     port = str(free_port())
     script = commands.replace(":8000", f":{port}").replace("--port 8000", f"--port {port}")
     env = {**os.environ, "PYTHONPATH": str(clone / "services")}
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        check=False, cwd=clone, env=env, capture_output=True, text=True, timeout=900,
+    # Its own process group, so that a failure before `kill %1` cannot leave the LLM server running.
+    shell = subprocess.Popen(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=clone, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
-    assert result.returncode == 0, f"{script}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
+    try:
+        stdout, stderr = shell.communicate(timeout=1500)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait(timeout=60)
+    assert shell.returncode == 0, f"{script}\n--- stdout\n{stdout[-3000:]}\n--- stderr\n{stderr[-3000:]}"
     for run in ("quickstart", "mine"):
         summary = json.loads((clone / "runs" / run / "run_summary.json").read_text())
-        assert summary["questions"]["input"] == 2 and summary["stages"]["sample"]["paths"] == 4, run
+        assert summary["questions"]["input"] == 2 and summary["stages"]["sample"]["paths"] == 2, run
         assert summary["dataset"]["cot_gold"] == 2, run
     served = json.loads((clone / "runs" / "mine" / "run_summary.json").read_text())["llms"]["smollm2"]
     assert served["requests"] > 0 and served["completion_tokens"] > 0
