@@ -11,7 +11,12 @@ of `--workers` processes (started and warmed before timing, as in a long-running
 lema checks/s / Math-Verify checks/s (targets: >= 20x numeric, >= 1x LaTeX). Latency is per single `check` call, on
 a second warm checker, so that its workers have cached nothing from the batch.
 
-    python benchmarks/bench_checker.py [--workers 2] [--math-pairs 400]
+Start-up: a one-off `lema check` command on a JSONL file against a plain Math-Verify loop (a fresh Python process
+that imports Math-Verify and runs `parse` + `verify` per line) over the same file, both timed from process start to
+exit. Files: MATH-style answers as they come (mostly numbers, a fifth LaTeX) and the LaTeX-only pairs. Ratio = lema
+seconds / loop seconds (target: <= 1, never slower).
+
+    python benchmarks/bench_checker.py [--workers 2] [--math-pairs 400] [--startup-lines 800] [--only-startup]
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ import logging
 import random
 import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -150,12 +158,75 @@ def _warm_checker(workers: int, warm_up: list[Pair], task: Task) -> Iterator[Che
         yield checker
 
 
+# The peer of `lema check`: what a user would write with Math-Verify alone.
+_MATH_VERIFY_LOOP = """
+import json, sys
+from math_verify import parse, verify
+with open(sys.argv[1], encoding="utf-8") as lines:
+    verdicts = [verify(parse(row["gold"]), parse(row["response"])) for row in map(json.loads, lines)]
+print(sum(map(bool, verdicts)))
+"""
+
+
+def mixed_math_pairs(count: int, seed: int = 2) -> list[Pair]:
+    """MATH-style answers as a test set has them: four in five are numbers (integers, fractions, decimals, percents),
+    one in five is other LaTeX."""
+    rng = random.Random(seed)
+    latex = math_pairs(count // 5 + 1, seed=seed)
+    pairs: list[Pair] = []
+    for index in range(count):
+        if index % 5 == 4:
+            pairs.append(latex[index // 5])
+            continue
+        value = rng.randint(-500, 5_000)
+        gold, stated = rng.choice(
+            [
+                (str(value), str(value)),
+                (f"\\frac{{{value}}}{{7}}", f"\\dfrac{{{value}}}{{7}}"),
+                (f"{value}\\%", str(value)),
+            ]
+        )
+        if index % 2:
+            stated = str(value + 1)
+        pairs.append(
+            (f"We compute step by step and find the result.\nThe final answer is $\\boxed{{{stated}}}$.", gold)
+        )
+    return pairs
+
+
+def startup(name: str, pairs: list[Pair], workers: int) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        source, loop = Path(folder) / "in.jsonl", Path(folder) / "loop.py"
+        source.write_text("".join(json.dumps({"response": r, "gold": g}) + "\n" for r, g in pairs), encoding="utf-8")
+        loop.write_text(_MATH_VERIFY_LOOP, encoding="utf-8")
+        lema = [sys.executable, "-m", "lema.cli", "check", "--task", "math", "-i", str(source)]
+        lema += ["-o", str(Path(folder) / "out.jsonl"), "--set", f"checker.workers={workers}"]
+        lema_s = _run_seconds(lema)
+        loop_s = _run_seconds([sys.executable, str(loop), str(source)])
+    print(
+        f"{name} ({len(pairs)} lines): lema check {lema_s:.2f} s, Math-Verify loop {loop_s:.2f} s, "
+        f"ratio {lema_s / loop_s:.2f} (<= 1 wanted)"
+    )
+
+
+def _run_seconds(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="lema's symbolic worker processes")
     parser.add_argument("--math-pairs", type=int, default=400)
+    parser.add_argument("--startup-lines", type=int, default=800, help="lines of each start-up file")
+    parser.add_argument("--only-startup", action="store_true", help="run only the start-up comparison")
     args = parser.parse_args()
     logging.getLogger("math_verify").setLevel(logging.ERROR)
+    startup("MATH-style answers, one-off command", mixed_math_pairs(args.startup_lines), args.workers)
+    startup("LaTeX-only answers, one-off command", math_pairs(args.startup_lines, seed=3), args.workers)
+    if args.only_startup:
+        return
     numeric = gsm8k_pairs(SHARED_DATA / "gsm8k_test.jsonl")
     compare("GSM8K-style numeric pairs", numeric[200:], numeric[:200], "gsm8k", args.workers, 20)
     latex = math_pairs(args.math_pairs, seed=1)

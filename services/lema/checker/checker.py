@@ -109,6 +109,7 @@ class Checker:
             return CheckResult(decided[0], predicted, decided[1])
         if item.task == "gsm8k":
             return CheckResult(False, predicted, "not_a_number")
+        self._pool.start()  # overlaps the workers' start with deciding the rest of a batch
         return _Symbolic(gold, predicted)
 
     def _settle(self, outcome: CheckResult | _Symbolic) -> CheckResult:

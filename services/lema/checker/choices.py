@@ -39,7 +39,10 @@ def choice_letter(phrase: str, choices: Sequence[str]) -> str | None:
         letter, rest = word.groups()
         valid = string.ascii_uppercase[: len(choices)] if choices else _UNLABELLED_LETTERS
         if letter in valid and (
-            letter not in _ENGLISH_WORDS or _CONNECTIVES.match(rest) or _names(rest, choices) == letter
+            letter not in _ENGLISH_WORDS
+            or _CONNECTIVES.match(rest)
+            or rest.startswith("(")  # 'A (x), not B (y)': a label with its text in brackets
+            or _names(rest, choices) == letter
         ):
             return letter
     return _names(text, choices)

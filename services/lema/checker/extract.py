@@ -32,7 +32,7 @@ _MARKERS = (
     (
         "answer_colon",
         ("answer", "option", "choice"),
-        _last_of(r"\b(?:answer|option|choice)\s*\**\s*(?::|(?=\$|\\\[|\\\())", re.IGNORECASE),
+        _last_of(r"\b(?:answer|option|choice)\s*\**\s*(?::|[—–]|(?=\$|\\\[|\\\())", re.IGNORECASE),
     ),
     ("answer_heading", ("answer",), _last_of(r"\bfinal\s+answer\b[ \t*#]*\n", re.IGNORECASE)),
     (
@@ -49,7 +49,11 @@ _NOT_AN_ANSWER = re.compile(
     re.IGNORECASE,
 )
 # A negated mention ends the answer phrase: 'A (x), not B (y)', '20 rather than 18'.
-_NEGATED_TAIL = re.compile(r"[,;]\s*(?:not|but not)\b|\s+(?:rather than|instead of)\b", re.IGNORECASE)
+# So does a clause that explains it: '7, since 3 + 4 = 7', '12, which is the total'.
+_NEGATED_TAIL = re.compile(
+    r"[,;]\s*(?:not|but not|since|because|as|which|where|so|hence|thus|given)\b|\s+(?:rather than|instead of)\b",
+    re.IGNORECASE,
+)
 # A negated mention inside prose never counts: 'the number is not 10 which is 1,000.99'.
 _NEGATED = re.compile(
     r"\b(?:not|never)\s+(?:about\s+|equal\s+to\s+|exactly\s+|just\s+)?(?:\$[^$]*\$|\S+)", re.IGNORECASE
@@ -204,7 +208,7 @@ def _math_in_prose(sentence: str) -> str:
 def _phrase_after(text: str, start: int) -> str:
     """The answer phrase that follows a marker: a math span if one opens right there, else up to the sentence end.
     A marker that ends its line ('Final choice:', a 'Final Answer' heading) is followed by the next line."""
-    rest = text[start : start + _PHRASE_LIMIT].lstrip(" \t*:#")
+    rest = text[start : start + _PHRASE_LIMIT].lstrip(" \t*:#—–")
     if rest.startswith("\n"):
         rest = rest.lstrip(" \t*:#\n")
     for opening, closing in _MATH_OPENINGS:

@@ -9,7 +9,8 @@ Workers are forked by a "template" process (`python -m lema.checker.worker`) tha
 answer of each shape once; a fork starts warm in milliseconds, so a killed worker costs nothing to replace. The
 template is a plain subprocess, not a multiprocessing child (those re-import the caller's main module, which breaks
 scripts without a `__main__` guard), and it is single-threaded, so forking it is safe where forking a threaded
-server would not be. It starts on the first symbolic check: a checker that only ever sees numbers never starts it.
+server would not be. It starts when the first symbolic check is found (`start`), while the caller goes on deciding the
+rest on the fast paths; a checker that only ever sees numbers never starts it.
 """
 
 from __future__ import annotations
@@ -131,12 +132,20 @@ class SymbolicPool:
         if template is not None:
             template.stop()
 
+    def start(self) -> None:
+        """Start the template now, without waiting for it: a caller that knows symbolic checks are coming lets the
+        template import and warm up while it decides the rest on the fast paths."""
+        with self._lock:
+            if self._template is None and not self._closed:
+                self._template = _Template()
+
     def _take(self) -> _Worker:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the checker is closed")
-            if self._template is None:
-                self._template = _Template()
+            if not self._workers:
+                if self._template is None:
+                    self._template = _Template()
                 for _ in range(self._size):
                     self._idle.put(self._start_worker())
         while True:

@@ -15,6 +15,7 @@ What is fixed on top of Math-Verify:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from functools import lru_cache
 
 import math_verify
@@ -48,9 +49,11 @@ _WARM_UP = (
 )
 
 
-def warm_up() -> None:
+def warm_up_steps() -> Iterator[None]:
+    """One warm-up pair per step, the LaTeX grammar's first, so that a caller can stop between any two."""
     for gold, predicted in _WARM_UP:
         compare_latex(gold, predicted)
+        yield
 
 
 def compare_latex(gold: str, predicted: str) -> str:

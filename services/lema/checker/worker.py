@@ -1,14 +1,16 @@
 """The template process that forks symbolic-check workers: `python -m lema.checker.worker SOCKET_FD` (see `pool.py`).
 
-The template imports sympy and Math-Verify, warms them up, reports ready, then forks one worker per request it
-receives; each request carries the socket the new worker serves on. A worker reads (gold, predicted, timeout_s)
-requests and answers each with a reason. Its deadline is a SIGALRM timer, which works because the check runs in the
-worker's main thread; the alarm raises a BaseException so that no `except Exception` in sympy can swallow it.
+The template imports sympy and Math-Verify, builds the LaTeX grammar, reports ready, then forks one worker per request
+it receives (warming the other answer shapes while it waits); each request carries the socket the new worker serves
+on. A worker reads (gold, predicted, timeout_s) requests and answers each with a reason. Its deadline is a SIGALRM
+timer, which works because the check runs in the worker's main thread; the alarm raises a BaseException so that no
+`except Exception` in sympy can swallow it.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import sys
@@ -27,14 +29,21 @@ def _raise_deadline(signum: int, frame: FrameType | None) -> None:
 
 
 def run_template(control: socket.socket) -> None:
-    """Fork a worker for each request until the pool closes its end of the socket."""
+    """Fork a worker for each request until the pool closes its end of the socket.
+
+    The template reports ready once the LaTeX grammar is built, so that a one-off command's first workers start at
+    once; it warms the other answer shapes only while no request waits, so later (replacement) workers start warm.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which then stops its workers
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # exited workers are reaped by the kernel
-    from lema.checker.symbolic import warm_up
+    from lema.checker.symbolic import warm_up_steps
 
-    warm_up()
+    steps = warm_up_steps()
+    next(steps)
     control.sendall(READY)
     while True:
+        while not select.select([control], [], [], 0)[0] and next(steps, None) is not None:
+            pass
         message, fds, _, _ = socket.recv_fds(control, 1, 1)
         if message != FORK or not fds:
             return
