@@ -36,8 +36,12 @@ pytestmark = [pytest.mark.fault, pytest.mark.slow]
 RUN = "faults"
 QUESTIONS = REPO / "examples" / "data" / "demo_problems.jsonl"
 CHUNK = 3
-DATASET_FILES = ("cot.jsonl", "corrections.jsonl")
+DATASET_FILES = ("cot.jsonl", "corrections.jsonl", "run_summary.json")
+SUMMARY_COUNTS = ("questions", "stages", "drops")
+"""What of `run_summary.json` is compared: its counts (not its timings or token usage)."""
 SETTLE_TIMEOUT_S = 300
+LLM_DELAY_S = 1.5
+"""Each stub completion takes this long: a chunk's flow lasts several seconds, so a fault lands mid-flow."""
 
 
 def pipeline(llm_url: str) -> dict[str, object]:
@@ -69,7 +73,9 @@ class StubLLM:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, str(Path(__file__).parent / "stub_llm.py"), str(self.port)])
+        server = Path(__file__).parent / "stub_llm.py"
+        command = [sys.executable, str(server), str(self.port), str(QUESTIONS), str(LLM_DELAY_S)]
+        self.process = subprocess.Popen(command)
         wait_for_port(self.port, 20, "the stub LLM server")
 
     def stop(self) -> None:
@@ -158,12 +164,20 @@ def embedded_dataset(platform: Platform, questions: int) -> dict[str, list[str]]
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return {name: (root / "runs" / RUN / name).read_text().splitlines() for name in DATASET_FILES}
+    return {name: comparable(name, (root / "runs" / RUN / name).read_text()) for name in DATASET_FILES}
+
+
+def comparable(name: str, text: str) -> list[str]:
+    """A dataset file as lines; for the summary, one line per count compared."""
+    if name != "run_summary.json":
+        return text.splitlines()
+    summary = json.loads(text)
+    return [json.dumps({key: summary.get(key)}, sort_keys=True) for key in SUMMARY_COUNTS]
 
 
 def platform_dataset(store: ArtifactStore) -> dict[str, list[str]]:
     try:
-        return {name: store.get_bytes(f"{RUN}/{name}").decode().splitlines() for name in DATASET_FILES}
+        return {name: comparable(name, store.get_bytes(f"{RUN}/{name}").decode()) for name in DATASET_FILES}
     except KeyError:
         return {name: [] for name in DATASET_FILES}
 
@@ -179,21 +193,28 @@ def feed_next_chunk(platform: Platform) -> None:
     platform.fed += CHUNK
 
 
-def drill(platform: Platform, fault: Callable[[], None]) -> None:
-    """Feed the next chunk, run `fault`, then wait until the dataset equals the embedded run's; assert 0 lost, 0
-    duplicated and every service alive, and print how long the platform took to catch up after the fault."""
+def log_count(platform: Platform, text: str) -> int:
+    return sum(child.log.read_text(errors="replace").count(text) for child in platform.services.values())
+
+
+def drill(platform: Platform, fault: Callable[[], None], evidence: str) -> None:
+    """Feed the next chunk, run `fault`, then wait until the dataset equals the embedded run's; assert the services
+    saw the fault (`evidence` appears in their logs), 0 lost, 0 duplicated and every service alive, and print how
+    long the platform took to complete the dataset after the fault ended."""
+    expected = embedded_dataset(platform, platform.fed + CHUNK)
+    seen_before = log_count(platform, evidence)
     feed_next_chunk(platform)
     fault_started = time.monotonic()
     fault()
     fault_ended = time.monotonic()
-    expected = embedded_dataset(platform, platform.fed)
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    deadline = fault_ended + SETTLE_TIMEOUT_S
     got = platform_dataset(platform.store)
     while got != expected and time.monotonic() < deadline:
-        time.sleep(1)
+        time.sleep(0.5)
         got = platform_dataset(platform.store)
     caught_up = time.monotonic()
-    for name in DATASET_FILES:
+    assert got["run_summary.json"] == expected["run_summary.json"], "the run summary's counts differ"
+    for name in DATASET_FILES[:2]:
         ids = [json.loads(line)["id"] for line in got[name]]
         want = {json.loads(line)["id"] for line in expected[name]}
         assert len(ids) == len(set(ids)), f"{name}: duplicated {len(ids) - len(set(ids))} record(s)"
@@ -201,21 +222,26 @@ def drill(platform: Platform, fault: Callable[[], None]) -> None:
         assert got[name] == expected[name], f"{name}: differs from the embedded run"
     for child in platform.services.values():
         assert child.process is not None and child.process.poll() is None, f"{child.service} died:\n{child.tail()}"
-    records = sum(len(lines) for lines in expected.values())
+    seen = log_count(platform, evidence) - seen_before
+    assert seen > 0, f"no service logged {evidence!r}: the fault missed the flow"
+    records = {name: len(expected[name]) for name in DATASET_FILES[:2]}
+    stages = json.loads(expected["run_summary.json"][1])["stages"]
     print(
-        f"\n[drill] fault {fault_ended - fault_started:.1f} s; dataset complete {caught_up - fault_ended:.1f} s "
-        f"after it ended; {records} dataset records, 0 lost, 0 duplicated"
+        f"\n[drill] fault {fault_ended - fault_started:.1f} s, {seen} x {evidence!r}; dataset complete "
+        f"{caught_up - fault_ended:.1f} s after it ended; {records} records, 0 lost, 0 duplicated; stages {stages}"
     )
 
 
 def test_broker_stopped_and_started_again(platform: Platform) -> None:
     def fault() -> None:
-        time.sleep(2)
+        time.sleep(0.5)  # the sampler has its batch and is waiting for the LLM: its results meet a dead broker
         platform.broker.stop()
         time.sleep(10)
         platform.broker.start()
 
-    drill(platform, fault)
+    # A 10 s outage is absorbed by the clients' own retries (the producer holds unacknowledged results until
+    # the broker is back); the evidence is then the clients' refused connections, not a lema "unavailable" line.
+    drill(platform, fault, "ECONNREFUSED")
 
 
 def test_llm_server_down_for_30s(platform: Platform) -> None:
@@ -224,7 +250,7 @@ def test_llm_server_down_for_30s(platform: Platform) -> None:
         time.sleep(30)
         platform.llm.start()
 
-    drill(platform, fault)
+    drill(platform, fault, "llm unavailable")
 
 
 def test_dataset_store_refusing_connections_for_30s(platform: Platform) -> None:
@@ -234,7 +260,7 @@ def test_dataset_store_refusing_connections_for_30s(platform: Platform) -> None:
         time.sleep(30)
         platform.dataset_s3.start()
 
-    drill(platform, fault)
+    drill(platform, fault, "store unavailable")
 
 
 def test_oversized_and_malformed_messages_and_a_killed_checker(platform: Platform) -> None:
@@ -250,7 +276,7 @@ def test_oversized_and_malformed_messages_and_a_killed_checker(platform: Platfor
         checker.kill(signal.SIGKILL)
         checker.start().wait_serving()  # what `lema up` does for it (tested in test_service_lifecycle)
 
-    drill(platform, fault)
+    drill(platform, fault, "dead-lettering")
     dead = read_topics(platform.bus, [Topics.DLQ], expected=12, timeout_s=30)
     assert {d.key for d in dead} >= {b"poison", b"huge"}
     assert all(d.value is None for d in dead if d.key == b"huge")

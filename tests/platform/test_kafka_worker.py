@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -225,24 +225,28 @@ def test_an_llm_outage_is_waited_out_without_dead_letters(bus: tuple[BusSettings
         dependencies=dependencies,
     )
     server: subprocess.Popen[bytes] | None = None
+    stop = threading.Event()
+    consuming = threading.Thread(target=worker.run, args=(stop,))
+    consuming.start()
     try:
-        with ThreadPoolExecutor(1) as pool:
-            running = pool.submit(run_until, worker, 2, 120)
-            deadline = time.monotonic() + 60
-            while not changes and not running.done():
-                assert time.monotonic() < deadline, "the worker never reported the LLM down"
-                time.sleep(0.1)
-            time.sleep(2.0)  # down for a while: several LLMUnavailable in a row, none dead-lettered
-            assert not running.done(), "the batch finished while its LLM was down"
-            server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "stub_llm.py"), str(port)])
-            running.result()
+        deadline = time.monotonic() + 90
+        while not changes:
+            assert time.monotonic() < deadline, "the worker never reported the LLM down"
+            time.sleep(0.1)
+        time.sleep(2.0)  # down for a while: several LLMUnavailable in a row, none dead-lettered
+        assert read_topics(settings, [Topics.CORRECTIONS, Topics.DROPS], expected=1, timeout_s=1) == []
+        questions = Path(__file__).parents[2] / "examples" / "data" / "demo_problems.jsonl"
+        command = [sys.executable, str(Path(__file__).parent / "stub_llm.py"), str(port), str(questions), "0"]
+        server = subprocess.Popen(command)
+        outputs = read_topics(settings, [Topics.CORRECTIONS, Topics.DROPS], expected=2, timeout_s=90)
     finally:
-        worker.close()
+        stop.set()
+        consuming.join(timeout=60)
         resources.close()
         if server is not None:
             server.kill()
             server.wait()
+    assert len(outputs) >= 2
     assert changes == [False, True]
     assert REGISTRY.get_sample_value("lema_dependency_up", {"dependency": "llm"}) == 1.0
-    assert len(read_topics(settings, [Topics.CORRECTIONS, Topics.DROPS], expected=2)) >= 2
     assert read_topics(settings, [Topics.DLQ], expected=1, timeout_s=3) == []

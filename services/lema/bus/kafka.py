@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from lema.bus.base import Message
@@ -212,7 +212,7 @@ class KafkaInbox:
                 offsets[tp] = OffsetAndMetadata(d.offset + 1, "", -1)
         try:
             self._consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
-        except CommitFailedError as exc:
+        except (CommitFailedError, RebalanceInProgressError) as exc:
             log.warning("%s: commit refused after a rebalance; the batch will be redelivered: %s", self.group, exc)
             return False
         return True

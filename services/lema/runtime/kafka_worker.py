@@ -87,6 +87,7 @@ class KafkaWorker:
         self.stop = threading.Event()
         self._bus: KafkaBus | None = KafkaBus(settings, client_id=client_id)
         self.inbox = KafkaInbox(settings, self.group, list(worker.inputs), client_id=client_id)
+        self._inbox_stale, self._inbox_generation = False, 0
         self._processing = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{worker.name}-batch")
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -111,40 +112,61 @@ class KafkaWorker:
             if self.on_idle is not None:
                 retry_transient(self.on_idle, self.dependencies, self.stop)
             return 0
-        self.inbox.wait_paused(self._processing.submit(self._handle, deliveries))
-        retry_transient(lambda: self._commit(deliveries), self.dependencies, self.stop)
+        generation = self._inbox_generation
+        batch = self._processing.submit(self._handle, deliveries)
+        try:
+            self.inbox.wait_paused(batch)
+        except Exception as exc:  # the consumer failed while keeping the group: the batch still finishes
+            if classify(exc) is None:
+                raise
+            self._drop_inbox_if_transient(exc)
+            batch.result()
+        retry_transient(lambda: self._commit(deliveries, generation), self.dependencies, self.stop)
         return len(deliveries)
 
     def close(self) -> None:
         self._processing.shutdown(wait=True)
-        self.inbox.close()
+        if not self._inbox_stale:
+            self.inbox.close()
         if self._bus is not None:
             self._bus.close(timeout_s=None if self.dependencies.all_up else 0)
 
     # -- the consumer and producer, rebuilt when the broker invalidated them ----------------------------------
     def _poll(self, timeout_s: float) -> list[Delivery]:
+        self._ensure_inbox()
         try:
             return self.inbox.poll(timeout_s)
         except Exception as exc:
-            self._rebuild_inbox_if_transient(exc)
+            self._drop_inbox_if_transient(exc)
             raise
 
-    def _commit(self, deliveries: Sequence[Delivery]) -> None:
+    def _commit(self, deliveries: Sequence[Delivery], generation: int) -> None:
+        """Commit the batch, unless the consumer that polled it was replaced: its replacement rejoins the group
+        from the last commit, so the batch is redelivered (its results, already acknowledged, are deduplicated)."""
+        if generation != self._inbox_generation or self._inbox_stale:
+            log.info("%s: the consumer was rebuilt; the batch will be redelivered", self.worker.name)
+            return
         try:
             self.inbox.commit(deliveries)  # False (a rebalance took the partitions): the new owner redoes the batch
         except Exception as exc:
-            self._rebuild_inbox_if_transient(exc)
+            self._drop_inbox_if_transient(exc)
             raise
 
-    def _rebuild_inbox_if_transient(self, exc: Exception) -> None:
-        """A fresh group member: it rejoins and resumes from the last commit (this batch is redelivered)."""
+    def _drop_inbox_if_transient(self, exc: Exception) -> None:
+        """The broker invalidated this member: close it; the next poll builds a fresh one, which rejoins."""
         if classify(exc) is None:
             return
+        self._inbox_stale = True
         try:
             self.inbox.close()
         except Exception as close_error:  # closing a member the broker already dropped may fail too
             log.debug("%s: closing the old consumer: %s", self.worker.name, close_error)
-        self.inbox = KafkaInbox(self.settings, self.group, list(self.worker.inputs), client_id=self.client_id)
+
+    def _ensure_inbox(self) -> None:
+        if self._inbox_stale:
+            self.inbox = KafkaInbox(self.settings, self.group, list(self.worker.inputs), client_id=self.client_id)
+            self._inbox_stale = False
+            self._inbox_generation += 1
 
     def _publish(self, messages: Sequence[RawMessage]) -> None:
         """Publish and wait for every acknowledgement; after a failure the producer is rebuilt on the next try."""

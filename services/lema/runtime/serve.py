@@ -19,7 +19,7 @@ from lema.bus.kafka import ensure_topics
 from lema.pipeline import DatasetWriterWorker, Resources, Worker, build_worker
 from lema.runtime import metrics
 from lema.runtime.dataset_writer import DurableDatasetWriter, save_run_config
-from lema.runtime.failures import Dependencies, Interrupted, retry_transient
+from lema.runtime.failures import BROKER, LLM, STORE, Dependencies, Interrupted, retry_transient
 from lema.runtime.grpc_server import GrpcServer
 from lema.runtime.kafka_worker import KafkaWorker
 from lema.runtime.services import service_bindings
@@ -56,6 +56,8 @@ class ServiceProcess:
         server = GrpcServer(self.settings.server, service_bindings(self.service, self.settings, self.resources))
         server.start()
         self.dependencies.on_change(server.set_serving)
+        for dependency in self._dependency_names():
+            self.dependencies.up(dependency)  # the gauge starts at 1 rather than absent
         shutdown = threading.Thread(target=self._stop_server_on_signal, args=(server,), name="grpc-shutdown")
         shutdown.start()
         try:
@@ -74,6 +76,11 @@ class ServiceProcess:
             shutdown.join()
             self.resources.close()
         log.info("%s: stopped", self.service)
+
+    def _dependency_names(self) -> list[str]:
+        names = [BROKER] if self.settings.bus.kind == "kafka" else []
+        names += [STORE] if self.service == "dataset-writer" else []
+        return names + ([LLM] if llms_of(self.service, self.settings) else [])
 
     def _load_resources(self) -> None:
         for name in llms_of(self.service, self.settings):
