@@ -269,7 +269,8 @@ def process_windowed(
     holds no more than `depth` batches.
     """
     in_flight: deque[tuple[int, Future[list[Message]]]] = deque()
-    with ThreadPoolExecutor(depth, thread_name_prefix=worker.name) as pool:
+    pool = ThreadPoolExecutor(depth, thread_name_prefix=worker.name)
+    try:
         for batch in batches:
             in_flight.append((len(batch), pool.submit(worker.process, topic, batch)))
             if len(in_flight) == depth:
@@ -278,6 +279,10 @@ def process_windowed(
         while in_flight:
             count, outputs = in_flight.popleft()
             yield count, outputs.result()
+    finally:
+        # Interrupted (Ctrl-C, a failed batch): batches not started are dropped, and nothing waits for the others;
+        # closing the backends makes their calls fail, and their results were never published.
+        pool.shutdown(wait=not in_flight, cancel_futures=True)
 
 
 def build_worker(name: str, settings: LemaSettings, resources: Resources) -> Worker:

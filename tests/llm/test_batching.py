@@ -80,3 +80,12 @@ def test_the_factory_puts_in_process_engines_behind_one_engine_thread(smollm2_se
         assert backend.generate([ask("Say hi.", max_tokens=3)])[0][0].completion_tokens > 0
     finally:
         backend.close()
+
+
+@pytest.mark.slow
+def test_stopping_fails_unfinished_calls_at_once_instead_of_waiting_for_the_model(smollm2: Any) -> None:
+    batching = BatchingBackend(smollm2, max_batch_requests=1, batch_wait_ms=0)
+    generating, queued = (batching.submit([ask(f"Write a long story number {i}.", max_tokens=200)]) for i in range(2))
+    batching.stop()
+    for future in (generating, queued):
+        assert isinstance(future.exception(timeout=0), LLMError)

@@ -39,6 +39,7 @@ class BatchingBackend:
         self._pending: deque[_Job] = deque()
         self._changed = threading.Condition()
         self._stopping = False
+        self._running: list[_Job] = []
         self.batches = 0
         """How many `generate` calls the wrapped backend has received (read by tests and benchmarks)."""
         self._engine = threading.Thread(target=self._serve, name=f"lema-engine-{backend.model}", daemon=True)
@@ -66,11 +67,19 @@ class BatchingBackend:
         return job.future
 
     def stop(self) -> None:
-        """Finish the queued jobs and end the engine thread; the wrapped backend stays open."""
+        """Fail every call not finished yet and end the engine thread; the wrapped backend stays open.
+
+        A batch still generating cannot be interrupted: its callers get an `LLMError` now (nothing of it is kept, so
+        a resumed run generates it again), and the engine thread, a daemon, ends when the batch returns. That lets
+        Ctrl-C end an embedded run at once rather than after the model's current batch.
+        """
         with self._changed:
             self._stopping = True
+            for job in [*self._running, *self._pending]:
+                if not job.future.done():
+                    job.future.set_exception(LLMError(f"model {self.model!r}: the backend closed before answering"))
+            self._pending.clear()
             self._changed.notify()
-        self._engine.join()
 
     def close(self) -> None:
         self.stop()
@@ -100,6 +109,7 @@ class BatchingBackend:
                 if self._pending or self._stopping or remaining <= 0:
                     break
                 self._changed.wait(remaining)
+            self._running = batch
             return batch
 
     def _run(self, batch: list[_Job]) -> None:
@@ -108,8 +118,9 @@ class BatchingBackend:
         try:
             results = self._backend.generate([request for job in batch for request in job.requests])
         except Exception as exc:
-            if len(batch) == 1:
-                batch[0].future.set_exception(exc)
+            if len(batch) == 1 or self._stopping:
+                for job in batch:
+                    self._settle(job, exc)
                 return
             log.warning(
                 "model %r: a batch of %d calls failed (%s); running them one by one", self.model, len(batch), exc
@@ -119,5 +130,14 @@ class BatchingBackend:
             return
         start = 0
         for job in batch:
-            job.future.set_result(results[start : start + len(job.requests)])
+            self._settle(job, results[start : start + len(job.requests)])
             start += len(job.requests)
+
+    def _settle(self, job: _Job, outcome: Results | Exception) -> None:
+        with self._changed:  # `stop` may have failed the job meanwhile
+            if job.future.done():
+                return
+            if isinstance(outcome, Exception):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)

@@ -1,0 +1,361 @@
+"""Serving speed, measured in one run, each result as a ratio to a baseline measured beside it.
+
+1. gRPC `CheckerService.Check`: calls/s and p50/p99 at concurrency 1 and 64 against `lema serve checker`, and the
+   same client against a minimal `grpc.aio` echo service (the ceiling of Python gRPC on this machine).
+   Targets: calls/s at c=64 >= 0.8x the echo's; p99 <= 2x the echo's.
+2. gRPC `CorrectorService.Correct` on SmolLM2 (transformers backend, short max_tokens): calls/s at concurrency 16 as
+   a ratio to concurrency 1; concurrent calls share the model's batches. Target >= 4x.
+3. Each stage's Kafka throughput as a ratio to calling the stage directly (`bench_platform.py`'s table).
+   Targets: check and verify >= 0.5x; sample, correct, evolve >= 0.9x.
+4. The sample stage's tokens/s through the `openai` backend against `lema serve-llm` (SmolLM2, batching), as a ratio
+   to a raw asyncio HTTP client sending the same requests at the same concurrency. Target >= 0.97x.
+
+    python benchmarks/bench_serving.py [--skip grpc,correct,kafka,sample] [--messages 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lema.config import LemaSettings
+from lema.llm.base import Completion, GenerationRequest, TokenUsage
+from lema.pipeline import Resources, SamplerWorker, batches_in_flight, process_windowed
+from lema.records import Question, Record
+from lema.runtime.infra import free_port
+from lema.v1 import checker_pb2, corrector_pb2, corrector_pb2_grpc
+
+ECHO_METHOD = "/bench.Echo/Check"
+CHECK_REQUEST = checker_pb2.CheckRequest(response="Step 1: 6 * 3 = 18.\nThe answer is 18", gold="18", task="gsm8k")
+
+
+# -- processes ------------------------------------------------------------------------------------------------
+@contextmanager
+def process(command: list[str], ready: Callable[[], bool], what: str, log: Path) -> Iterator[None]:
+    """Run `command` until the block ends; `ready` is polled (at most 5 minutes) before the block starts."""
+    with log.open("wb") as output:
+        child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=os.environ)
+    try:
+        deadline = time.monotonic() + 300
+        while not ready():
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def grpc_healthy(target: str) -> Callable[[], bool]:
+    def check() -> bool:
+        with grpc.insecure_channel(target) as channel:
+            try:
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                return True
+            except grpc.RpcError:
+                return False
+
+    return check
+
+
+def http_healthy(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return check
+
+
+def lema(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lema.cli", *args]
+
+
+def serve_args(service: str, grpc_port: int, config: Path | None = None) -> list[str]:
+    args = ["serve", service] + (["--config", str(config)] if config else [])
+    for setting in (f"server.grpc_port={grpc_port}", f"server.metrics_port={free_port()}", "server.host=127.0.0.1"):
+        args += ["--set", setting]
+    return lema(*args)
+
+
+# -- the echo ceiling -----------------------------------------------------------------------------------------
+async def serve_echo(port: int) -> None:
+    """A grpc.aio server answering one unary method with a fixed CheckResponse, plus health (for readiness)."""
+    from grpc_health.v1 import health
+
+    answer = checker_pb2.CheckResponse(correct=True, predicted="18", reason="echo")
+
+    async def echo(request: checker_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return answer
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo",
+        {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                echo, checker_pb2.CheckRequest.FromString, checker_pb2.CheckResponse.SerializeToString
+            )
+        },
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+# -- a closed-loop client -------------------------------------------------------------------------------------
+async def closed_loop(call: Callable[[int], Awaitable[Any]], concurrency: int, calls: int) -> tuple[float, list[float]]:
+    """Run `calls` calls with `concurrency` in flight; (calls/s, sorted latencies in seconds)."""
+    latencies: list[float] = []
+    next_call = 0
+
+    async def caller() -> None:
+        nonlocal next_call
+        while next_call < calls:
+            index, next_call = next_call, next_call + 1
+            start = time.perf_counter()
+            await call(index)
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return calls / (time.perf_counter() - start), sorted(latencies)
+
+
+def percentile(latencies: Sequence[float], fraction: float) -> float:
+    return latencies[int(fraction * (len(latencies) - 1))] * 1000
+
+
+async def check_rates(target: str, method: str, calls: int) -> dict[int, tuple[float, float, float]]:
+    """{concurrency: (calls/s, p50 ms, p99 ms)} for unary CheckRequest -> CheckResponse calls to `method`."""
+    rates = {}
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(
+            method,
+            request_serializer=checker_pb2.CheckRequest.SerializeToString,
+            response_deserializer=checker_pb2.CheckResponse.FromString,
+        )
+        await closed_loop(lambda _: call(CHECK_REQUEST, timeout=30), 8, 200)  # warm-up
+        for concurrency in (1, 64):
+            rate, latencies = await closed_loop(lambda _: call(CHECK_REQUEST, timeout=30), concurrency, calls)
+            rates[concurrency] = (rate, statistics.median(latencies) * 1000, percentile(latencies, 0.99))
+    return rates
+
+
+def grpc_check(calls: int, logs: Path) -> None:
+    echo_port, check_port = free_port(), free_port()
+    echo = [sys.executable, __file__, "--echo-port", str(echo_port)]
+    echo_target, check_target = f"127.0.0.1:{echo_port}", f"127.0.0.1:{check_port}"
+    with process(echo, grpc_healthy(echo_target), "the echo service", logs / "echo.log"):
+        ceiling = asyncio.run(check_rates(echo_target, ECHO_METHOD, calls))
+    checker = serve_args("checker", check_port)
+    with process(checker, grpc_healthy(check_target), "lema serve checker", logs / "checker.log"):
+        measured = asyncio.run(check_rates(check_target, "/lema.v1.CheckerService/Check", calls))
+    print(f"\n1. gRPC Check ({calls} calls per row; each server in its own process; one grpc.aio client)")
+    print(f"{'server':<8} {'conc':>4} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7}")
+    for name, rates in (("echo", ceiling), ("checker", measured)):
+        for concurrency, (rate, p50, p99) in rates.items():
+            print(f"{name:<8} {concurrency:>4} {rate:>8.0f} {p50:>7.2f} {p99:>7.2f}")
+    throughput = measured[64][0] / ceiling[64][0]
+    tail = measured[64][2] / ceiling[64][2]
+    print(f"Check/echo at c=64: throughput {throughput:.2f}x (target >= 0.8), p99 {tail:.2f}x (target <= 2)")
+
+
+# -- Correct on SmolLM2 -----------------------------------------------------------------------------------------
+def correct_request(index: int) -> corrector_pb2.CorrectRequest:
+    a, b = 3 + index, 7 + 2 * index
+    return corrector_pb2.CorrectRequest(
+        question=f"A shelf holds {a} rows of {b} books. How many books are on the shelf?",
+        wrong_solution=f"Step 1: {a} + {b} = {a + b}.\nThe answer is {a + b}",
+        gold=str(a * b),
+        task="gsm8k",
+    )
+
+
+async def correct_rate(target: str, concurrency: int, calls: int, offset: int) -> float:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = corrector_pb2_grpc.CorrectorServiceStub(channel)
+        rate, _ = await closed_loop(
+            lambda i: stub.Correct(correct_request(offset + i), timeout=600), concurrency, calls
+        )
+    return rate
+
+
+def correct_concurrency(max_tokens: int, logs: Path) -> None:
+    config = logs / "corrector.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "llms": {"smollm2": {"backend": "transformers", "model": "smollm2-135m", "batch_size": 16}},
+                "correct": {"show_gold": True, "params": {"max_tokens": max_tokens}},
+            }
+        )
+    )
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    with process(serve_args("corrector", port, config), grpc_healthy(target), "lema serve corrector", logs / "c.log"):
+        asyncio.run(correct_rate(target, 1, 2, offset=10_000))  # warm-up
+        alone = asyncio.run(correct_rate(target, 1, 6, offset=0))
+        shared = asyncio.run(correct_rate(target, 16, 48, offset=100))
+    print(f"\n2. gRPC Correct on SmolLM2 (transformers, max_tokens {max_tokens}, batch 16)")
+    print(
+        f"concurrency 1: {alone:.2f} calls/s; concurrency 16: {shared:.2f} calls/s; {shared / alone:.2f}x (target >= 4)"
+    )
+
+
+# -- Kafka stages -----------------------------------------------------------------------------------------------
+def kafka_stages(messages: int, batch: int) -> None:
+    from bench_platform import kafka_table
+    from lema.runtime.infra import LocalBroker
+
+    print("\n3.", end="")
+    with LocalBroker() as broker:
+        kafka_table(broker, messages, batch)
+    print("targets: check, verify >= 0.5; sample, correct, evolve >= 0.9")
+
+
+# -- the sample stage against a batching server -----------------------------------------------------------------
+class Capturing:
+    """Records the requests the sample stage makes, answering with empty completions (to build the raw client's)."""
+
+    model = "smollm2-135m"
+
+    def __init__(self) -> None:
+        self.usage = TokenUsage()
+        self.requests: list[GenerationRequest] = []
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        self.requests += requests
+        return [[Completion("", 0, 0)] for _ in requests]
+
+    def close(self) -> None:
+        pass
+
+
+def sample_settings(url: str, concurrency: int, max_tokens: int) -> LemaSettings:
+    return LemaSettings.model_validate(
+        {
+            "llms": {
+                "smollm2": {
+                    "backend": "openai",
+                    "model": "smollm2-135m",
+                    "base_url": url,
+                    "max_concurrency": concurrency,
+                }
+            },
+            "sample": {"samples_per_model": 2, "batch_size": 4, "params": {"max_tokens": max_tokens}},
+        }
+    )
+
+
+def body(request: GenerationRequest) -> dict[str, Any]:
+    params = request.params
+    fields = {"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens}
+    messages = [{"role": m.role, "content": m.content} for m in request.messages]
+    stop = {"stop": list(params.stop)} if params.stop else {}
+    return {"model": "smollm2-135m", "messages": messages, "seed": params.seed, **fields, **stop}
+
+
+async def raw_tokens_per_s(url: str, requests: Sequence[GenerationRequest], concurrency: int) -> float:
+    tokens = 0
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency)) as client:
+
+        async def call(index: int) -> None:
+            nonlocal tokens
+            response = await client.post(f"{url}/chat/completions", json=body(requests[index]))
+            tokens += response.json()["usage"]["completion_tokens"]
+
+        rate, _ = await closed_loop(call, concurrency, len(requests))
+    return rate * tokens / len(requests)
+
+
+def stage_tokens_per_s(settings: LemaSettings, questions: list[Record]) -> float:
+    resources = Resources(settings)
+    backend = resources.llm("smollm2")
+    worker = SamplerWorker(settings, resources)
+    size = settings.sample.batch_size
+    batches = [questions[i : i + size] for i in range(0, len(questions), size)]
+    start = time.perf_counter()
+    for _ in process_windowed(worker, "questions", batches, batches_in_flight("sampler", settings)):
+        pass
+    seconds = time.perf_counter() - start
+    tokens = backend.usage.completion_tokens
+    resources.close()
+    return tokens / seconds
+
+
+def sample_stage(questions_count: int, concurrency: int, max_tokens: int, logs: Path) -> None:
+    config = logs / "serve-llm.yaml"
+    config.write_text(yaml.safe_dump({"llms": {"smollm2": {"model": "smollm2-135m", "batch_size": concurrency}}}))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    questions: list[Record] = [
+        Question.create(f"A farm has {n} pens with {n % 7 + 2} goats in each. How many goats?", "", "gsm8k", "bench")
+        for n in range(3, 3 + questions_count)
+    ]
+    settings = sample_settings(url, concurrency, max_tokens)
+    capture = Capturing()
+    SamplerWorker(settings, Resources(settings, backend_factory=lambda name, _: capture)).process(
+        "questions", questions
+    )
+    serve_llm = lema("serve-llm", "--config", str(config), "--port", str(port))
+    with process(serve_llm, http_healthy(f"http://127.0.0.1:{port}/health"), "lema serve-llm", logs / "llm.log"):
+        asyncio.run(raw_tokens_per_s(url, capture.requests[:concurrency], concurrency))  # warm-up
+        raw = asyncio.run(raw_tokens_per_s(url, capture.requests, concurrency))
+        stage = stage_tokens_per_s(settings, questions)
+    print(f"\n4. Sample stage vs a raw client, `lema serve-llm` SmolLM2 batching up to {concurrency} requests")
+    print(f"{len(capture.requests)} requests, max_tokens {max_tokens}, concurrency {concurrency}")
+    print(f"raw client {raw:.1f} tokens/s; sample stage {stage:.1f} tokens/s; {stage / raw:.2f}x (target >= 0.97)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: grpc, correct, kafka, sample")
+    parser.add_argument("--calls", type=int, default=2000, help="gRPC Check calls per row")
+    parser.add_argument("--messages", type=int, default=600, help="Kafka input messages per stage")
+    parser.add_argument("--batch-size", type=int, default=64, help="messages per Kafka batch")
+    parser.add_argument("--max-tokens", type=int, default=24, help="SmolLM2 tokens per Correct / sample call")
+    parser.add_argument("--questions", type=int, default=24, help="questions (x2 samples) for the sample stage")
+    parser.add_argument("--concurrency", type=int, default=16, help="the LLM server's batch and the clients' window")
+    parser.add_argument("--echo-port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo_port:
+        asyncio.run(serve_echo(args.echo_port))
+        return
+    skip = set(args.skip.split(","))
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = Path(tmp)
+        if "grpc" not in skip:
+            grpc_check(args.calls, logs)
+        if "correct" not in skip:
+            correct_concurrency(args.max_tokens, logs)
+        if "kafka" not in skip:
+            kafka_stages(args.messages, args.batch_size)
+        if "sample" not in skip:
+            sample_stage(args.questions, args.concurrency, args.max_tokens, logs)
+
+
+if __name__ == "__main__":
+    main()
