@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from lema.bus.base import Message, Topics
-from lema.bus.kafka import Delivery, KafkaBus, KafkaInbox, RawMessage
+from lema.bus.kafka import Delivery, KafkaBus, KafkaInbox, PositionsOnAssign, RawMessage
 from lema.config import BusSettings
 from lema.pipeline import STAGE_OF, Worker
 from lema.records import Record
@@ -53,17 +53,20 @@ class KafkaWorker:
         settings: BusSettings,
         *,
         client_id: str,
-        on_idle: Callable[[], None] | None = None,
+        on_batch: Callable[[Sequence[Delivery]], None] | None = None,
+        on_assign: PositionsOnAssign | None = None,
         retry_backoff_s: float = 0.5,
     ) -> None:
-        """`on_idle` runs whenever a poll finds nothing new (the dataset writer consolidates its files then)."""
+        """`on_batch` runs on the processing thread once a batch's results are published, before its offsets are
+        committed; `on_assign` positions newly assigned partitions (both for the dataset writer, whose table
+        commits rows together with the offsets they came from)."""
         self.worker = worker
         self.settings = settings
         self.group = settings.group_prefix + worker.name
-        self.on_idle = on_idle
+        self.on_batch = on_batch
         self.retry_backoff_s = retry_backoff_s
         self.bus = KafkaBus(settings, client_id=client_id)
-        self.inbox = KafkaInbox(settings, self.group, list(worker.inputs), client_id=client_id)
+        self.inbox = KafkaInbox(settings, self.group, list(worker.inputs), client_id=client_id, on_assign=on_assign)
         self._processing = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{worker.name}-batch")
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -81,8 +84,6 @@ class KafkaWorker:
         deliveries = self.inbox.poll(poll_timeout_s)
         self._report_lag()
         if not deliveries:
-            if self.on_idle is not None:
-                self.on_idle()
             return 0
         self.inbox.wait_paused(self._processing.submit(self._handle, deliveries))
         self.inbox.commit(deliveries)
@@ -120,6 +121,8 @@ class KafkaWorker:
         metrics.observe_outputs(message for _, message in produced)
         for letter in dead:
             metrics.DEAD_LETTERS.labels(self.group, letter.source_topic).inc()
+        if self.on_batch is not None:
+            self.on_batch(deliveries)
 
     def _decode(self, delivery: Delivery) -> Record:
         record = decode(delivery.value)

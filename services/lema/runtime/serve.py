@@ -2,8 +2,7 @@
 
 Lifecycle, top to bottom: load what the service computes with (its LLMs, the checker) so that SERVING means ready →
 `/metrics` → gRPC SERVING → consume its topics (bus.kind 'kafka') → on SIGTERM or SIGINT: health NOT_SERVING and
-in-flight calls drained, while the worker finishes and commits its batch → the dataset writer writes its files →
-resources closed.
+in-flight calls drained, while the worker finishes and commits its batch → resources closed.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from lema.bus.base import Topics
 from lema.bus.kafka import ensure_topics
 from lema.pipeline import DatasetWriterWorker, Resources, Worker, build_worker
 from lema.runtime import metrics
-from lema.runtime.dataset_writer import DurableDatasetWriter, save_run_config
+from lema.runtime.dataset_writer import TableOffsets, save_run_config
 from lema.runtime.grpc_server import GrpcServer
 from lema.runtime.kafka_worker import KafkaWorker
 from lema.runtime.services import service_bindings
@@ -73,6 +72,8 @@ class ServiceProcess:
             self.resources.llm(name)
         if self.service == "checker":
             _ = self.resources.checker
+        if self.service == "dataset-writer":
+            _ = self.resources.dataset_sink  # read to the last checkpoint (bounded) before health says SERVING
 
     def _serve_metrics(self) -> None:
         server = self.settings.server
@@ -87,15 +88,13 @@ class ServiceProcess:
         bus = self.settings.bus
         ensure_topics(bus, Topics.ALL, self.settings.topics.partitions, self.settings.topics.replication_factor)
         worker: Worker = build_worker(self.service, self.settings, self.resources)
-        writer = None
-        if isinstance(worker, DatasetWriterWorker):
-            store = create_store(self.settings.store)
-            save_run_config(store, self.settings)
-            worker = writer = DurableDatasetWriter(worker, store, self.settings.run.name)
         client_id = f"{bus.group_prefix}{self.service}-{socket.gethostname()}-{os.getpid()}"
-        kafka = KafkaWorker(worker, bus, client_id=client_id, on_idle=writer.flush if writer else None)
-        try:
-            kafka.run(self.stop)
-        finally:
-            if writer is not None:
-                writer.flush()
+        if isinstance(worker, DatasetWriterWorker):
+            save_run_config(create_store(self.settings.store), self.settings)
+            table = TableOffsets(worker, bus.group_prefix + worker.name)
+            # Larger batches than the model services: each one is a table commit, whose cost is mostly fixed.
+            bus = bus.model_copy(update={"batch_size": self.settings.dataset.writer_batch_size})
+            kafka = KafkaWorker(worker, bus, client_id=client_id, on_batch=table.commit, on_assign=table.positions)
+        else:
+            kafka = KafkaWorker(worker, bus, client_id=client_id)
+        kafka.run(self.stop)
