@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from lema.bus.base import Message
@@ -180,7 +180,7 @@ class KafkaInbox:
                 offsets[tp] = OffsetAndMetadata(d.offset + 1, "", -1)
         try:
             self._consumer.commit(offsets)
-        except CommitFailedError as exc:
+        except (CommitFailedError, RebalanceInProgressError) as exc:
             log.warning("%s: commit refused after a rebalance; the batch will be redelivered: %s", self.group, exc)
             return False
         return True
