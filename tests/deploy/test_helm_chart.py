@@ -394,3 +394,15 @@ def exported_series() -> set[str]:
                 base = name.removesuffix("_total") if metric_type == "Counter" else name
                 series |= {base + suffix for suffix in SERIES_SUFFIXES[metric_type]}
     return series
+
+
+def test_the_dataset_writer_scales_out_like_any_service() -> None:
+    """Each writer replica commits its own partitions' offsets with its rows: no single-replica limit."""
+    fixed = {"services": {"dataset-writer": {"replicas": 3, "autoscaling": {"enabled": False}}}}
+    assert service_deployments(render(fixed))["dataset-writer"].body["spec"]["replicas"] == 3
+    (scaler,) = [
+        m
+        for m in of_kind(render({}), "HorizontalPodAutoscaler")
+        if m.body["spec"]["scaleTargetRef"]["name"].endswith("dataset-writer")
+    ]
+    assert scaler.body["spec"]["maxReplicas"] > 1
