@@ -143,25 +143,30 @@ def test_kill_9_of_a_replica_mid_run_loses_and_doubles_nothing(
     bus, s3 = s3_bus
     settings = settings_for(bus, s3, "killed-writer")
     config = write_config(tmp_path / "config.yaml", settings.model_dump(mode="json"))
-    total = 200_000
+    total, chunk = 200_000, 10_000
     cot, dropped = attempts(0, total // 2), drops(0, total // 2)
     env = s3_env(s3)
     replicas = [ServiceChild("dataset-writer", config, logs / f"writer-{i}.log", env).start() for i in range(2)]
     sink = create_sink(settings)
-    feeding = threading.Thread(target=publish, args=(bus, cot, dropped))
-    feeding.start()
+
+    def consumed() -> int:
+        return sum(sink.offsets(sources(bus)).values())
+
+    killed_at = None
     try:
-        wait_until(lambda: sink.read("paths", ["id"]).num_rows >= total // 8, 300, "a quarter of the run")
-        assert replicas[0].kill() == -9
-        replicas[0] = ServiceChild("dataset-writer", config, logs / "writer-0b.log", env).start()
-        feeding.join(timeout=600)
-        wait_until(holds(sink, bus, total), 600, "the writers to take in the whole run")
+        for start in range(0, total // 2, chunk // 2):
+            publish(bus, cot[start : start + chunk // 2], dropped[start : start + chunk // 2])
+            if killed_at is None and consumed() >= total // 4:
+                killed_at = consumed()
+                assert replicas[0].kill() == -9
+                replicas[0] = ServiceChild("dataset-writer", config, logs / "writer-0b.log", env).start()
+        assert killed_at is not None and killed_at < total, "the writers never reached a quarter mid-run"
+        wait_until(holds(sink, bus, total), 900, "the writers to take in the whole run")
     finally:
-        feeding.join(timeout=600)
         for replica in replicas:
             replica.stop()
     examples = read_examples(settings.store, "killed-writer")
     assert [e.id for e in examples.cot] == [a.path.id for a in cot]  # each record once: none lost, none twice
     assert {d.record_id for d in read_records(sink, "drops") if isinstance(d, Drop)} == {d.record_id for d in dropped}
     duplicates = sink.read("paths", ["id"]).num_rows - len(cot)
-    assert duplicates < 2 * 2000  # at most a batch or so around the rebalance, removed on read
+    assert duplicates < 2 * settings.dataset.writer_batch_size  # a batch around the rebalance, removed on read

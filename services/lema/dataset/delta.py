@@ -113,6 +113,8 @@ class DeltaSink:
                     # Another writer committed these partitions' offsets since our snapshot: re-read and decide
                     # again (skip what is in; a partial overlap is appended and deduplicated on read).
                     log.warning("dataset: commit conflict, re-reading the table's offsets: %s", exc)
+                    if time.monotonic() > deadline:
+                        raise DatasetSinkError(f"{self.location.uri}: commit keeps conflicting: {exc}") from exc
                 except (OSError, DeltaError) as exc:
                     if time.monotonic() > deadline:
                         raise DatasetSinkError(f"{self.location.uri}: cannot commit: {exc}") from exc
