@@ -79,6 +79,9 @@ from lema.runtime.commands import serve_command, submit_command, up_command  # n
 app.command("serve")(serve_command)
 app.command("up")(up_command)
 app.command("submit")(submit_command)
+from lema.dataset.cli import dataset_app  # noqa: E402
+
+app.add_typer(dataset_app, name="dataset")
 
 
 def user_errors() -> tuple[type[Exception], ...]:

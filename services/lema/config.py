@@ -110,6 +110,16 @@ class CheckerSettings(Section):
 class DatasetSettings(Section):
     formats: tuple[Literal["jsonl", "parquet", "hf"], ...] = ("jsonl",)
     include_gold_solutions: bool = True
+    sink: Literal["delta"] = Field("delta", description="Table format of the dataset: an append-only Delta table.")
+    writer_batch_size: int = Field(
+        2000, gt=0, description="Records the Kafka dataset writer appends per commit (its max poll size)."
+    )
+    checkpoint_interval: int = Field(
+        100, gt=0, description="Commits between table checkpoints: bounds how much log a (re)start reads."
+    )
+    commit_retry_s: float = Field(
+        300.0, gt=0, description="How long a commit refused by an unreachable store is retried before failing."
+    )
 
 
 class StoreSettings(Section):

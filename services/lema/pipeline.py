@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from lema.bus.base import Message, Topics
 from lema.checker import Checker
@@ -25,10 +26,13 @@ from lema.llm.base import LLMBackend
 from lema.records import Attempt, CorrectedAttempt, Drop, Question, Record
 from lema.stages.check import check_attempts
 from lema.stages.correct import correct_attempts
-from lema.stages.dataset import DatasetBuilder
+from lema.stages.dataset import TableRow, table_rows
 from lema.stages.evolve import evolve_by_seed
 from lema.stages.sample import sample_questions
 from lema.stages.verify import verify_corrections
+
+if TYPE_CHECKING:
+    from lema.dataset.base import DatasetSink
 
 BackendFactory = Callable[[str, LLMSettings], LLMBackend]
 
@@ -49,6 +53,7 @@ class Resources:
         self._checker: Checker | None = None
         self._making = threading.Lock()
         self._evolver_state: EvolverState | None = None
+        self._dataset_sink: DatasetSink | None = None
 
     def llm(self, name: str) -> LLMBackend:
         with self._making:  # batches processed side by side must not each build the same model
@@ -68,6 +73,15 @@ class Resources:
             threshold = self.settings.evolve.near_duplicate_threshold
             self._evolver_state = create_evolver_state(self.settings.bus, threshold, f"lema-evolver-{os.getpid()}")
         return self._evolver_state
+
+    @property
+    def dataset_sink(self) -> DatasetSink:
+        """The run's dataset table, opened (or created) on first use."""
+        if self._dataset_sink is None:
+            from lema.dataset import create_sink
+
+            self._dataset_sink = create_sink(self.settings, writer=f"{socket.gethostname()}-{os.getpid()}")
+        return self._dataset_sink
 
     @property
     def backends(self) -> Mapping[str, LLMBackend]:
@@ -203,7 +217,11 @@ class EvolverWorker:
 
 
 class DatasetWriterWorker:
-    """The sink: accumulates the records the dataset and the summary are made of."""
+    """The sink: turns the records that reach the end of the pipeline into dataset rows; `commit` appends them.
+
+    The embedded runtime commits after every batch; the Kafka runtime commits once per consumed batch, with the
+    batch's offsets, so rows and offsets land in the table together.
+    """
 
     name = "dataset-writer"
     inputs: Mapping[str, type[Record]] = {
@@ -215,12 +233,18 @@ class DatasetWriterWorker:
     }
 
     def __init__(self, settings: LemaSettings, resources: Resources) -> None:
-        self.builder = DatasetBuilder(settings.dataset)
+        self.settings, self.resources = settings, resources
+        self.pending: list[TableRow] = []
 
     def process(self, topic: str, records: Sequence[Record]) -> list[Message]:
-        for record in records:
-            self.builder.add(topic, record)
+        self.pending += table_rows(topic, records, self.settings.dataset)
         return []
+
+    def commit(self, offsets: Mapping[str, int] | None = None) -> bool:
+        """Append the pending rows (and `offsets`: source id -> next offset) in one commit; False if the table
+        already held those offsets."""
+        rows, self.pending = self.pending, []
+        return self.resources.dataset_sink.append(rows, offsets)
 
 
 WORKERS: dict[str, Callable[[LemaSettings, Resources], Worker]] = {

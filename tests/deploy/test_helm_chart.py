@@ -599,3 +599,15 @@ def test_images_pin_by_digest_when_given(manifests: list[Manifest], values: dict
                 assert container["image"] == f"{repository}@{digests[repository]}", manifest.where
             else:
                 assert "@" not in container["image"], manifest.where
+
+
+def test_the_dataset_writer_scales_out_like_any_service() -> None:
+    """Each writer replica commits its own partitions' offsets with its rows: no single-replica limit."""
+    fixed = {"services": {"dataset-writer": {"replicas": 3, "autoscaling": {"enabled": False}}}}
+    assert service_deployments(render(fixed))["dataset-writer"].body["spec"]["replicas"] == 3
+    (scaler,) = [
+        m
+        for m in of_kind(render({}), "HorizontalPodAutoscaler")
+        if m.body["spec"]["scaleTargetRef"]["name"].endswith("dataset-writer")
+    ]
+    assert scaler.body["spec"]["maxReplicas"] > 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -11,10 +10,10 @@ from platform_testing import ServiceChild, bus_settings, s3_env, store_settings,
 from lema.bus.base import Message, Topics
 from lema.bus.kafka import KafkaBus, ensure_topics
 from lema.config import StoreSettings
+from lema.dataset.reader import read_examples
 from lema.records import Attempt, CorrectedAttempt, Correction, Question, ReasoningPath
 from lema.runtime.infra import LocalBroker, LocalS3
 from lema.runtime.progress import FlowTracker
-from lema.store import create_store
 
 QUESTIONS = 40
 PATHS_PER_QUESTION = 20
@@ -103,10 +102,10 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(
     for service in services.values():
         service.wait_serving()
 
-    store = create_store(StoreSettings.model_validate(settings["store"]))
+    store = StoreSettings.model_validate(settings["store"])
     tracker = FlowTracker(bus, store, "killed", services=("checker", "dataset-writer"))
     try:
-        manifest = tracker.wait(timeout_s=240)
+        written = tracker.wait(timeout_s=240)
         delivered = tracker.counts()
     finally:
         tracker.close()
@@ -114,13 +113,14 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(
         assert service.stop() == 0, service.tail()
 
     right = {a.path.id for a in attempts if a.path.text.endswith(f" {a.question.gold}")}
-    cot_ids = [json.loads(line)["id"] for line in store.get_bytes("killed/cot.jsonl").splitlines()]
+    examples = read_examples(store, "killed")
+    cot_ids = [e.id for e in examples.cot]
     assert len(cot_ids) == len(set(cot_ids)), "a record appears twice"
     assert set(cot_ids) == right, f"lost {len(right - set(cot_ids))} records"
     verified = {c.correction.id for c in corrections if c.correction.corrected_solution.endswith(f" {c.question.gold}")}
-    correction_ids = [json.loads(line)["id"] for line in store.get_bytes("killed/corrections.jsonl").splitlines()]
-    assert len(correction_ids) == len(set(correction_ids)) and set(correction_ids) == verified, manifest
-    assert manifest["records"]["mistakes"] == len(attempts) - len(right)
-    assert manifest["records"]["drops"] == len(corrections) - len(verified)
+    correction_ids = [e.id for e in examples.corrections]
+    assert len(correction_ids) == len(set(correction_ids)) and set(correction_ids) == verified, written
+    assert written["mistakes"] == len(attempts) - len(right)
+    assert written["drops"] == len(corrections) - len(verified)
     assert delivered[Topics.DLQ] == 0
-    assert "dataset-writer: restored" in services["dataset-writer"].tail(100_000)
+    assert "positioned by the sink" in services["dataset-writer"].tail(100_000)

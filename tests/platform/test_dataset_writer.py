@@ -1,144 +1,174 @@
-"""The durable dataset writer on the S3 server: each record once, restart without loss, embedded-identical files."""
+"""The Kafka dataset writer on the broker and the S3 server: offsets in the table, replicas, kill -9, export."""
 
 from __future__ import annotations
 
 import itertools
-import json
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from platform_testing import ServiceChild, bus_settings, s3_env, store_settings, write_config
 
-from lema.bus.base import Topics
-from lema.config import DatasetSettings, LemaSettings, StoreSettings
+from lema.bus.base import Message, Topics
+from lema.bus.kafka import KafkaBus, ensure_topics
+from lema.config import BusSettings, LemaSettings
+from lema.dataset import create_sink
+from lema.dataset.base import DatasetSink
+from lema.dataset.reader import read_examples, read_records
 from lema.pipeline import DatasetWriterWorker, Resources
-from lema.records import Attempt, CorrectedAttempt, Correction, Drop, Question, ReasoningPath, Record, Verdict
-from lema.runtime.dataset_writer import DurableDatasetWriter
-from lema.runtime.infra import LocalS3
-from lema.stages.dataset import DatasetBuilder
-from lema.store import LocalStore, create_store
-from lema.store.base import ArtifactStore
+from lema.records import Attempt, Drop, Question, ReasoningPath
+from lema.runtime.dataset_writer import TableOffsets, source_id
+from lema.runtime.infra import LocalBroker, LocalS3
+from lema.runtime.kafka_worker import KafkaWorker
 
+PARTITIONS = 4
 _buckets = itertools.count()
 
 
-def records() -> dict[str, list[Record]]:
-    questions = [
-        Question.create(
-            f"Question {i}: what is {i} + {i}?",
-            str(2 * i),
-            "gsm8k",
-            f"in.jsonl:{i}",
-            reference_solution=f"{i} + {i} = {2 * i}. The answer is {2 * i}",
-        )
-        for i in range(1, 4)
-    ]
-
-    def path(question: Question, index: int, answer: int, verdict: Verdict) -> ReasoningPath:
-        return ReasoningPath(
-            id=f"p-{question.id}-{index}",
-            question_id=question.id,
-            model="smollm2-135m",
-            sample_index=index,
-            prompt_version="sample-gsm8k@test",
-            text=f"The answer is {answer}",
-            answer=str(answer),
-            verdict=verdict,
-        )
-
-    right = [Attempt(question=q, path=path(q, 0, int(q.gold), "correct")) for q in questions]
-    wrong = [Attempt(question=q, path=path(q, 1, int(q.gold) + 1, "wrong")) for q in questions]
-    verified = [
-        CorrectedAttempt(
-            question=a.question,
-            path=a.path,
-            correction=Correction(
-                id=f"c-{a.path.id}",
-                path_id=a.path.id,
-                question_id=a.question.id,
-                incorrect_step=1,
-                explanation="Off by one.",
-                corrected_solution=f"The answer is {a.question.gold}",
-                answer=a.question.gold,
-                verified=True,
-                corrector_model="smollm2-135m",
-                prompt_version="correct-gsm8k@test",
+def attempts(start: int, count: int) -> list[Attempt]:
+    question = Question.create("What is 2 + 2?", "4", "gsm8k", "t:1")
+    return [
+        Attempt(
+            question=question,
+            path=ReasoningPath(
+                id=f"p-{i:07d}",
+                question_id=question.id,
+                model="m",
+                sample_index=i,
+                prompt_version="sample-gsm8k@test",
+                text="Step 1: 2 + 2 = 4.\nThe answer is 4",
+                answer="4",
+                verdict="correct",
             ),
         )
-        for a in wrong[:2]
+        for i in range(start, start + count)
     ]
-    drops = [Drop(stage="verify", reason="wrong_answer", record_id=f"c-{wrong[2].path.id}")]
-    return {
-        Topics.QUESTIONS: list(questions),
-        Topics.COT: list(right),
-        Topics.MISTAKES: list(wrong),
-        Topics.VERIFIED: list(verified),
-        Topics.DROPS: list(drops),
-    }
+
+
+def drops(start: int, count: int) -> list[Drop]:
+    return [Drop(stage="correct", reason="unparsable", record_id=f"c-{i:07d}") for i in range(start, start + count)]
+
+
+def publish(bus: BusSettings, cot: list[Attempt], dropped: list[Drop]) -> None:
+    producer = KafkaBus(bus, client_id="test-feed")
+    try:
+        producer.publish(
+            [Message(Topics.COT, a.key, a) for a in cot] + [Message(Topics.DROPS, d.key, d) for d in dropped]
+        )
+    finally:
+        producer.close()
+
+
+def sources(bus: BusSettings) -> list[str]:
+    group = bus.group_prefix + DatasetWriterWorker.name
+    return [source_id(group, topic, p) for topic in (Topics.COT, Topics.DROPS) for p in range(PARTITIONS)]
+
+
+def wait_until(done: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
+        time.sleep(0.5)
+
+
+def settings_for(bus: BusSettings, s3: LocalS3, run: str) -> LemaSettings:
+    bucket = f"writer-{next(_buckets)}"
+    return LemaSettings.model_validate(
+        {"run": {"name": run}, "bus": bus.model_dump(), "store": store_settings(s3, bucket)}
+    )
 
 
 @pytest.fixture
-def store(s3_credentials: LocalS3) -> ArtifactStore:
-    return create_store(StoreSettings(kind="minio", endpoint=s3_credentials.endpoint, bucket=f"ds-{next(_buckets)}"))
+def s3_bus(broker: LocalBroker, s3_credentials: LocalS3) -> Iterator[tuple[BusSettings, LocalS3]]:
+    bus = bus_settings(broker)
+    ensure_topics(bus, Topics.ALL, partitions=PARTITIONS, replication_factor=1)
+    yield bus, s3_credentials
 
 
-def writer(store: ArtifactStore) -> DurableDatasetWriter:
-    worker = DatasetWriterWorker(LemaSettings(), Resources(LemaSettings()))
-    return DurableDatasetWriter(worker, store, "run")
+class Replica:
+    """A dataset writer in a thread of this process, wired as `lema serve dataset-writer` wires it."""
+
+    def __init__(self, settings: LemaSettings, name: str) -> None:
+        self.worker = DatasetWriterWorker(settings, Resources(settings))
+        table = TableOffsets(self.worker, settings.bus.group_prefix + self.worker.name)
+        bus = settings.bus.model_copy(update={"batch_size": 500})
+        self.kafka = KafkaWorker(self.worker, bus, client_id=name, on_batch=table.commit, on_assign=table.positions)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.kafka.run, args=(self.stop,), name=name)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
 
 
-def embedded_files(tmp_path: Path) -> dict[str, bytes]:
-    """What the embedded runtime's sink writes for the same records, each delivered once."""
-    builder = DatasetBuilder(DatasetSettings())
-    for topic, batch in records().items():
-        for record in batch:
-            builder.add(topic, record)
-    local = LocalStore(tmp_path / "embedded")
-    builder.write(local, "run")
-    return {name: local.get_bytes(f"run/{name}") for name in ("cot.jsonl", "corrections.jsonl", "run_summary.json")}
+def holds(sink: DatasetSink, bus: BusSettings, messages: int) -> Callable[[], bool]:
+    """The table's offsets account for `messages` messages (the topics are new: every partition starts at 0)."""
+    return lambda: sum(sink.offsets(sources(bus)).values()) == messages
 
 
-def test_each_record_once_even_when_delivered_twice(store: ArtifactStore, tmp_path: Path) -> None:
-    sink = writer(store)
-    for _ in range(2):  # the whole flow redelivered, as after a crash before the commit
-        for topic, batch in records().items():
-            assert sink.process(topic, batch) == []
-    sink.flush()
-    expected = embedded_files(tmp_path)
-    for name, data in expected.items():
-        assert store.get_bytes(f"run/{name}") == data, name
-    manifest = json.loads(store.get_bytes("run/manifest.json"))
-    assert manifest["records"] == {"questions": 3, "cot": 3, "mistakes": 3, "corrections.verified": 2, "drops": 1}
-    assert manifest["shards"] == 10
-    assert "run/cot.jsonl" in manifest["files"]
-    cot_ids = [json.loads(line)["id"] for line in store.get_bytes("run/cot.jsonl").splitlines()]
-    assert len(cot_ids) == len(set(cot_ids)) == 6  # 3 sampled + 3 gold solutions
+def test_replicas_append_each_message_once_across_restarts(s3_bus: tuple[BusSettings, LocalS3]) -> None:
+    bus, s3 = s3_bus
+    settings = settings_for(bus, s3, "replicas")
+    sink = create_sink(settings)
+    publish(bus, attempts(0, 600), drops(0, 400))
+    first = Replica(settings, "writer-a")
+    try:
+        wait_until(holds(sink, bus, 1000), 120, "the first writer to take in every message")
+    finally:
+        first.close()
+    # More work, some of it redelivered upstream (same ids, new offsets), for two replicas started afresh: they
+    # start from the table's offsets, so nothing the first writer appended is appended again.
+    publish(bus, attempts(500, 600), drops(300, 400))
+    replicas = [Replica(settings, "writer-b"), Replica(settings, "writer-c")]
+    try:
+        wait_until(holds(sink, bus, 2000), 180, "two writers to take in every message")
+    finally:
+        for replica in replicas:
+            replica.close()
+    assert sink.read("paths", ["id"]).num_rows == 600 + 600  # one row per message: no batch appended twice
+    assert sink.read("drops", ["id"]).num_rows == 400 + 400
+    cot = read_examples(settings.store, "replicas").cot
+    assert [e.id for e in cot] == [f"p-{i:07d}" for i in range(1100)]  # upstream redeliveries read once
+    assert len(read_records(sink, "drops")) == 700
 
 
-def test_a_restarted_writer_restores_every_shard(store: ArtifactStore, tmp_path: Path) -> None:
-    first = writer(store)
-    batches = list(records().items())
-    for topic, batch in batches[:3]:
-        first.process(topic, batch)
-    # killed here: no flush. A new writer picks up the shards, then the rest arrives.
-    second = writer(store)
-    assert second.shards == 3
-    for topic, batch in batches[3:]:
-        second.process(topic, batch)
-    second.flush()
-    for name, data in embedded_files(tmp_path).items():
-        assert store.get_bytes(f"run/{name}") == data, name
+@pytest.mark.slow
+def test_kill_9_of_a_replica_mid_run_loses_and_doubles_nothing(
+    s3_bus: tuple[BusSettings, LocalS3], tmp_path: Path, logs: Path
+) -> None:
+    bus, s3 = s3_bus
+    # Heartbeats get slack on a busy machine: an expired session is a rebalance, which this test must not need.
+    bus = bus.model_copy(update={"session_timeout_ms": 30_000, "max_poll_interval_ms": 60_000})
+    settings = settings_for(bus, s3, "killed-writer")
+    config = write_config(tmp_path / "config.yaml", settings.model_dump(mode="json"))
+    total, chunk = 200_000, 10_000
+    cot, dropped = attempts(0, total // 2), drops(0, total // 2)
+    env = s3_env(s3)
+    replicas = [ServiceChild("dataset-writer", config, logs / f"writer-{i}.log", env).start() for i in range(2)]
+    sink = create_sink(settings)
 
+    def consumed() -> int:
+        return sum(sink.offsets(sources(bus)).values())
 
-def test_flush_writes_only_when_something_arrived(store: ArtifactStore) -> None:
-    sink = writer(store)
-    sink.flush()
-    assert not store.exists("run/manifest.json")
-    sink.process(Topics.DROPS, records()[Topics.DROPS])
-    sink.flush()
-    assert store.exists("run/manifest.json")
-
-
-def test_an_unreadable_shard_is_named_with_its_line(store: ArtifactStore) -> None:
-    store.put_bytes("run/shards/drops-bad.jsonl", b'{"topic": "drops", "record": {"stage": "x"}}\n')
-    with pytest.raises(ValueError, match=r"run/shards/drops-bad\.jsonl:1: unreadable shard line"):
-        writer(store)
+    killed_at = None
+    try:
+        for start in range(0, total // 2, chunk // 2):
+            publish(bus, cot[start : start + chunk // 2], dropped[start : start + chunk // 2])
+            if killed_at is None and consumed() >= total // 4:
+                killed_at = consumed()
+                assert replicas[0].kill() == -9
+                replicas[0] = ServiceChild("dataset-writer", config, logs / "writer-0b.log", env).start()
+        assert killed_at is not None and killed_at < total, "the writers never reached a quarter mid-run"
+        wait_until(holds(sink, bus, total), 900, "the writers to take in the whole run")
+    finally:
+        for replica in replicas:
+            replica.stop()
+    examples = read_examples(settings.store, "killed-writer")
+    assert [e.id for e in examples.cot] == [a.path.id for a in cot]  # each record once: none lost, none twice
+    assert {d.record_id for d in read_records(sink, "drops") if isinstance(d, Drop)} == {d.record_id for d in dropped}
+    duplicates = sink.read("paths", ["id"]).num_rows - len(cot)
+    assert duplicates < 2 * settings.dataset.writer_batch_size  # a batch around the rebalance, removed on read

@@ -39,6 +39,7 @@ from platform_testing import (
 from lema.bus.base import Topics
 from lema.bus.kafka import KafkaBus, RawMessage, ensure_topics
 from lema.config import BusSettings, StoreSettings
+from lema.dataset.reader import RUNTIME_KEYS
 from lema.records import Question
 from lema.runtime.infra import LocalBroker, LocalS3, free_port
 from lema.runtime.progress import SERVICE_INPUTS
@@ -163,11 +164,23 @@ def test_topic_flow_gives_the_embedded_dataset_and_dead_letters_malformed_messag
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr + logs
     assert "submitted 2 questions" in submitted.stdout and "done:" in submitted.stdout
 
+    exported = subprocess.run(
+        [sys.executable, "-m", "lema.cli", "dataset", "export", RUN, "--config", str(platform.config)],
+        cwd=REPO,
+        env={**os.environ, **platform.env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert exported.returncode == 0, exported.stdout + exported.stderr
     for name in DATASET_FILES:
         assert platform.store.get_bytes(f"{RUN}/{name}") == (platform.embedded / name).read_bytes(), name
     platform_summary = json.loads(platform.store.get_bytes(f"{RUN}/run_summary.json"))
     embedded_summary = json.loads((platform.embedded / "run_summary.json").read_text())
-    assert {k: embedded_summary[k] for k in platform_summary} == platform_summary
+    assert platform_summary.keys() == embedded_summary.keys()  # llms, processed, run and timings_s included
+    produced = [key for key in platform_summary if key not in RUNTIME_KEYS]
+    assert {k: embedded_summary[k] for k in produced} == {k: platform_summary[k] for k in produced}
     assert platform_summary["stages"]["sample"]["paths"] >= 4
     assert platform.store.exists(f"{RUN}/config.yaml") and platform.store.exists(f"{RUN}/prompts/correct-gsm8k.yaml")
 

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import pytest
 
 from lema.bus.base import Topics
 from lema.config import DatasetSettings
-from lema.records import Attempt, CorrectedAttempt, Correction, Drop, Question, ReasoningPath
-from lema.stages.dataset import DatasetBuilder
-from lema.store.local import LocalStore
+from lema.records import Attempt, CorrectedAttempt, Correction, CorrectionExample, Drop, Question, ReasoningPath
+from lema.stages.dataset import summarize, table_rows
 
 QUESTION = Question.create(
     "Tom has 3 boxes of 8 pencils and gives away 5. How many are left?",
@@ -54,61 +52,43 @@ FIXED = CorrectedAttempt(
 )
 
 
-def feed(builder: DatasetBuilder, order: list[tuple[str, object]]) -> None:
-    for topic, record in order:
-        builder.add(topic, record)  # type: ignore[arg-type]
+def test_table_rows_hold_each_record_and_its_examples() -> None:
+    settings = DatasetSettings()
+    (question, gold) = table_rows(Topics.QUESTIONS, [QUESTION], settings)
+    assert (question.kind, question.id, question.record) == ("questions", QUESTION.id, QUESTION)
+    assert gold.kind == "cot" and gold.record.source == "gold"  # type: ignore[attr-defined]
+    assert len(table_rows(Topics.QUESTIONS, [QUESTION], DatasetSettings(include_gold_solutions=False))) == 1
+    path, cot = table_rows(Topics.COT, [RIGHT], settings)
+    assert (path.kind, path.record, cot.kind, cot.id) == ("paths", RIGHT.path, "cot", RIGHT.path.id)
+    assert [r.kind for r in table_rows(Topics.MISTAKES, [WRONG], settings)] == ["paths"]
+    drop = Drop(stage="correct", reason="missing_explanation", record_id="c-9")
+    assert table_rows(Topics.DROPS, [drop], settings)[0].id == drop.key
+    (correction,) = table_rows(Topics.VERIFIED, [FIXED], settings)
+    example = correction.record
+    assert isinstance(example, CorrectionExample) and correction.id == "c-1"
+    assert example.input.startswith(f"Question: {QUESTION.text}\n\nSolution:\nStep 1: 3 + 8 = 11.")
+    assert example.output.startswith("Incorrect Step: Step 1\nExplanation: Multiply, do not add.\nCorrect Solution:")
+    assert example.output.endswith("The answer is 19.")
+    with pytest.raises(ValueError, match="unexpected Question on topic 'drops'"):
+        table_rows(Topics.DROPS, [QUESTION], settings)
 
 
-def test_dataset_files_are_idempotent_and_order_independent(tmp_path: Path) -> None:
-    items = [
-        (Topics.QUESTIONS, QUESTION),
-        (Topics.COT, RIGHT),
-        (Topics.MISTAKES, WRONG),
-        (Topics.VERIFIED, FIXED),
-        (Topics.DROPS, Drop(stage="correct", reason="missing_explanation", record_id="c-9")),
-    ]
-    once, twice = DatasetBuilder(DatasetSettings()), DatasetBuilder(DatasetSettings())
-    feed(once, items)
-    feed(twice, list(reversed(items)) + items)
-    store_a, store_b = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
-    once.write(store_a, "run")
-    twice.write(store_b, "run")
-    for name in ("cot.jsonl", "corrections.jsonl", "run_summary.json"):
-        assert store_a.get_bytes(f"run/{name}") == store_b.get_bytes(f"run/{name}")
-
-    cot = [json.loads(line) for line in store_a.get_bytes("run/cot.jsonl").decode().splitlines()]
-    assert sorted(e["source"] for e in cot) == ["gold", "sampled"]
-    (correction,) = [json.loads(line) for line in store_a.get_bytes("run/corrections.jsonl").decode().splitlines()]
-    assert correction["input"].startswith(f"Question: {QUESTION.text}\n\nSolution:\nStep 1: 3 + 8 = 11.")
-    assert correction["output"].startswith(
-        "Incorrect Step: Step 1\nExplanation: Multiply, do not add.\nCorrect Solution:"
+def test_summary_counts() -> None:
+    summary = summarize(
+        question_rounds=[0, 0, 1],
+        paths=[("m", "correct"), ("m", "wrong"), ("n", "wrong")],
+        verified=1,
+        drops=[("verify", "wrong_answer"), ("correct", "missing_explanation"), ("evolve", "duplicate")],
+        cot_sources=["sampled", "gold", "gold"],
     )
-    assert correction["output"].endswith("The answer is 19.")
-
-    summary = json.loads(store_a.get_bytes("run/run_summary.json"))
-    assert summary["stages"]["check"] == {"correct": 1, "wrong": 1}
-    assert summary["samplers"]["m"] == {"paths": 1 + 1, "correct": 1, "accuracy": 0.5}
-    assert summary["correction_yield"] == 1.0
-    assert summary["drops"] == {"correct/missing_explanation": 1}
-
-
-def test_parquet_and_hf_exports(tmp_path: Path) -> None:
-    builder = DatasetBuilder(DatasetSettings(formats=("jsonl", "parquet", "hf")))
-    feed(
-        builder,
-        [
-            (Topics.QUESTIONS, QUESTION),
-            (Topics.COT, RIGHT),
-            (Topics.MISTAKES, WRONG),
-            (Topics.VERIFIED, FIXED),
-        ],
-    )
-    store = LocalStore(tmp_path)
-    keys = builder.write(store, "run")
-    assert {"run/cot.parquet", "run/corrections.parquet", "run/hf/dataset_dict.json"} <= set(keys)
-
-    import datasets
-
-    loaded = datasets.load_from_disk(str(tmp_path / "run" / "hf"))
-    assert loaded["corrections"][0]["incorrect_step"] == 1
-    assert len(loaded["cot"]) == 2
+    assert summary["questions"] == {"input": 2, "evolved": 1, "by_round": {"0": 2, "1": 1}}
+    assert summary["stages"]["check"] == {"correct": 1, "wrong": 2}
+    assert summary["stages"]["correct"] == {"mistakes": 2, "parsed": 2, "dropped": 1}
+    assert summary["samplers"] == {
+        "m": {"paths": 2, "correct": 1, "accuracy": 0.5},
+        "n": {"paths": 1, "correct": 0, "accuracy": 0.0},
+    }
+    assert summary["correction_yield"] == 0.5
+    assert summary["drops"] == {"correct/missing_explanation": 1, "evolve/duplicate": 1, "verify/wrong_answer": 1}
+    assert summary["dataset"] == {"cot": 3, "cot_gold": 2, "corrections": 1}
+    assert summarize([], [], 0, [], [])["correction_yield"] is None

@@ -218,7 +218,7 @@ def submit_command(
     if not follow:
         return
     store = create_store(settings.store)
-    tracker = FlowTracker(bus_settings, store, settings.run.name)
+    tracker = FlowTracker(bus_settings, settings.store, settings.run.name)
     last_report = 0.0
 
     def report(counts: dict[str, int]) -> None:
@@ -228,10 +228,11 @@ def submit_command(
             typer.echo("  " + "  ".join(f"{topic}={n}" for topic, n in counts.items()))
 
     try:
-        manifest = tracker.wait(timeout_s, report)
+        written = tracker.wait(timeout_s, report)
     except TimeoutError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     finally:
         tracker.close()
-    typer.echo(f"done: {manifest['records']}; dataset at {store.uri(settings.run.name)}/")
+    typer.echo(f"done: {written}; dataset table at {store.uri(settings.run.name)}/table")
+    typer.echo(f"files: lema dataset export {settings.run.name} (with the same --config/--set)")

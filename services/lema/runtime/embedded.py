@@ -1,9 +1,10 @@
 """The embedded runtime: the whole LEMA loop in one process, over an in-process bus and a local artifact store.
 
 Lifecycle: setup (validate input before any LLM call, open the store, wrap each LLM in a completion journal) ->
-run (drive the workers over the in-memory bus until every topic is drained) -> write the dataset and summary ->
-cleanup. Stopped at any point (Ctrl-C, SIGKILL), the same command resumes: every finished LLM call is answered from
-the journal, and deterministic ids make the final dataset identical to an uninterrupted run's.
+run (drive the workers over the in-memory bus until every topic is drained; the dataset writer appends each batch to
+the run's table) -> export the dataset files and summary from the table -> cleanup. Stopped at any point (Ctrl-C,
+SIGKILL), the same command resumes: every finished LLM call is answered from the journal, and deterministic ids
+(deduplicated when the table is read) make the final dataset identical to an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import yaml
 from lema.bus.base import Message, Topics
 from lema.bus.memory import MemoryBus
 from lema.config import ConfigError, LemaSettings, LLMSettings
+from lema.dataset import reader
 from lema.inputs import load_questions
 from lema.llm.base import LLMBackend
 from lema.llm.factory import check_reachable
@@ -166,12 +168,13 @@ class EmbeddedPipeline:
             for worker in workers:
                 for topic in worker.inputs:
                     busy = self._drain(bus, worker, topic) or busy
-        writer = next(w for w in workers if isinstance(w, DatasetWriterWorker))
+        run = self.settings.run.name
         with self.clock.time("dataset"):
-            extra = self._runtime_summary(time.perf_counter() - start)
-            keys = writer.builder.write(self.store, self.settings.run.name, extra)
-        summary = {**writer.builder.summary(), **extra}
-        return RunResult(summary=summary, keys=keys, store_uri=self.store.uri(self.settings.run.name))
+            runtime = self._runtime_summary(time.perf_counter() - start)
+            sink = self.resources.dataset_sink
+            keys = reader.export(sink, run, self.store, run, self.settings.dataset, runtime=runtime)
+        summary = json.loads(self.store.get_bytes(f"{run}/run_summary.json"))
+        return RunResult(summary=summary, keys=keys, store_uri=self.store.uri(run))
 
     def _drain(self, bus: MemoryBus, worker: Worker, topic: str) -> bool:
         """Process every pending message of `topic`, `batches_in_flight` batches at a time, publishing each batch's
@@ -192,6 +195,8 @@ class EmbeddedPipeline:
             depth = batches_in_flight(worker.name, self.settings)
             for count, outputs in process_windowed(worker, topic, batches(), depth):
                 bus.publish(outputs)
+                if isinstance(worker, DatasetWriterWorker):
+                    worker.commit()
                 done += count
                 self.processed[stage] += count
                 if self.progress:

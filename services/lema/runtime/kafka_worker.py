@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from lema.bus.base import Message, Topics
-from lema.bus.kafka import Delivery, KafkaBus, KafkaInbox, RawMessage
+from lema.bus.kafka import Delivery, KafkaBus, KafkaInbox, PositionsOnAssign, RawMessage
 from lema.config import BusSettings
 from lema.pipeline import STAGE_OF, Worker
 from lema.records import Record
@@ -71,22 +71,26 @@ class KafkaWorker:
         settings: BusSettings,
         *,
         client_id: str,
-        on_idle: Callable[[], None] | None = None,
+        on_batch: Callable[[Sequence[Delivery]], None] | None = None,
+        on_assign: PositionsOnAssign | None = None,
         retry_backoff_s: float = 0.5,
         dependencies: Dependencies | None = None,
     ) -> None:
-        """`on_idle` runs whenever a poll finds nothing new (the dataset writer consolidates its files then);
-        `dependencies` is told when the broker, store or an LLM goes down or comes back (health follows it)."""
+        """`on_batch` runs on the processing thread once a batch's results are published, before its offsets are
+        committed; `on_assign` positions newly assigned partitions (both for the dataset writer, whose table
+        commits rows together with the offsets they came from); `dependencies` is told when the broker, store or an
+        LLM goes down or comes back (health follows it)."""
         self.worker = worker
         self.settings = settings
         self.group = settings.group_prefix + worker.name
         self.client_id = client_id
-        self.on_idle = on_idle
+        self.on_batch = on_batch
+        self.on_assign = on_assign
         self.retry_backoff_s = retry_backoff_s
         self.dependencies = dependencies or Dependencies(worker.name)
         self.stop = threading.Event()
         self._bus: KafkaBus | None = KafkaBus(settings, client_id=client_id)
-        self.inbox = KafkaInbox(settings, self.group, list(worker.inputs), client_id=client_id)
+        self.inbox = self._new_inbox()
         self._inbox_stale, self._inbox_generation = False, 0
         self._processing = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{worker.name}-batch")
 
@@ -109,8 +113,6 @@ class KafkaWorker:
         deliveries = retry_transient(lambda: self._poll(poll_timeout_s), self.dependencies, self.stop)
         self._report_lag()
         if not deliveries:
-            if self.on_idle is not None:
-                retry_transient(self.on_idle, self.dependencies, self.stop)
             return 0
         generation = self._inbox_generation
         batch = self._processing.submit(self._handle, deliveries)
@@ -164,9 +166,13 @@ class KafkaWorker:
 
     def _ensure_inbox(self) -> None:
         if self._inbox_stale:
-            self.inbox = KafkaInbox(self.settings, self.group, list(self.worker.inputs), client_id=self.client_id)
+            self.inbox = self._new_inbox()
             self._inbox_stale = False
             self._inbox_generation += 1
+
+    def _new_inbox(self) -> KafkaInbox:
+        inputs = list(self.worker.inputs)
+        return KafkaInbox(self.settings, self.group, inputs, client_id=self.client_id, on_assign=self.on_assign)
 
     def _publish(self, messages: Sequence[RawMessage]) -> None:
         """Publish and wait for every acknowledgement; after a failure the producer is rebuilt on the next try."""
@@ -215,6 +221,9 @@ class KafkaWorker:
         metrics.observe_outputs(message for _, message in produced)
         for letter in dead:
             metrics.DEAD_LETTERS.labels(self.group, letter.source_topic).inc()
+        if self.on_batch is not None:
+            on_batch = self.on_batch
+            retry_transient(lambda: on_batch(deliveries), self.dependencies, self.stop)
 
     def _decode(self, delivery: Delivery) -> Record:
         record = decode(delivery.value)

@@ -1,26 +1,26 @@
 """Following a run on the platform from outside: what has flowed through each topic, and when the flow has settled.
 
 A consumer outside every group tails all topics and counts distinct records per topic. The flow has *settled* when
-every service's consumer group has committed everything on its input topics and the dataset writer's manifest
-counts the same distinct records the topics hold, twice in a row with nothing new in between. `lema submit --follow`
+every service's consumer group has committed everything on its input topics and the dataset table holds the same
+distinct records the topics hold, twice in a row with nothing new in between. `lema submit --follow`
 and the platform tests wait on it.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from lema.bus.base import Topics
 from lema.bus.kafka import client_options
-from lema.config import BusSettings
+from lema.config import BusSettings, LemaSettings, StoreSettings
+from lema.dataset import DatasetSinkError, create_sink
+from lema.dataset.base import DatasetSink
+from lema.dataset.reader import records_per_topic
 from lema.pipeline import CheckerWorker, CorrectorWorker, DatasetWriterWorker, EvolverWorker, SamplerWorker
 from lema.runtime.wire import WireError, decode
-from lema.store.base import ArtifactStore
 
 QUIET_S = 1.0
 """How long the tail must read nothing new before the flow can count as settled."""
@@ -34,10 +34,15 @@ SERVICE_INPUTS: Mapping[str, Sequence[str]] = {
 
 class FlowTracker:
     def __init__(
-        self, settings: BusSettings, store: ArtifactStore, run: str, services: Sequence[str] = tuple(SERVICE_INPUTS)
+        self,
+        settings: BusSettings,
+        store: StoreSettings,
+        run: str,
+        services: Sequence[str] = tuple(SERVICE_INPUTS),
     ) -> None:
         """Track the run `run`, whose flow passes through `services` (all of them, unless a test runs only some)."""
         self.settings, self.store, self.run = settings, store, run
+        self._sink: DatasetSink | None = None
         self.groups = {settings.group_prefix + name: SERVICE_INPUTS[name] for name in services}
         self.records: dict[str, set[str]] = {topic: set() for topic in Topics.ALL}
         self._admin = KafkaAdminClient(**client_options(settings), client_id="lema-progress")
@@ -65,15 +70,18 @@ class FlowTracker:
     def counts(self) -> dict[str, int]:
         return {topic: len(keys) for topic, keys in self.records.items()}
 
-    def manifest(self) -> dict[str, Any] | None:
-        try:
-            manifest: dict[str, Any] = json.loads(self.store.get_bytes(f"{self.run}/manifest.json"))
-        except KeyError:
-            return None
-        return manifest
+    def written(self) -> dict[str, int] | None:
+        """Distinct records in the dataset table by topic; None until the writer has created the table."""
+        if self._sink is None:
+            try:
+                lema = LemaSettings.model_validate({"run": {"name": self.run}})
+                self._sink = create_sink(lema, writer="progress", store=self.store, create=False)
+            except DatasetSinkError:
+                return None
+        return records_per_topic(self._sink)
 
     def settled(self) -> bool:
-        """Nothing in flight: every group has committed everything, and the manifest counts every record."""
+        """Nothing in flight: every group has committed everything, and the table holds every record."""
         committed = self._admin.list_group_offsets({group: None for group in self.groups})
         # Read on until fetches sent after the commits were read come back empty: whatever a group produced
         # before committing is then behind the tail's position, so a commit cannot hide its own outputs.
@@ -89,20 +97,21 @@ class FlowTracker:
                     done = offsets.get(tp)
                     if (done.offset if done is not None else 0) < ends[tp]:
                         return False
-        manifest = self.manifest()
-        return manifest is not None and all(n == len(self.records[t]) for t, n in manifest["records"].items())
+        written = self.written()
+        return written is not None and all(n == len(self.records[t]) for t, n in written.items())
 
-    def wait(self, timeout_s: float, on_progress: Callable[[dict[str, int]], None] | None = None) -> dict[str, Any]:
-        """Block until the flow has settled; returns the final manifest. Raises `TimeoutError` naming the counts."""
+    def wait(self, timeout_s: float, on_progress: Callable[[dict[str, int]], None] | None = None) -> dict[str, int]:
+        """Block until the flow has settled; returns the records in the table by topic. Raises `TimeoutError`
+        naming the counts."""
         deadline = time.monotonic() + timeout_s
         while not self.settled():
             if on_progress is not None:
                 on_progress(self.counts())
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the flow did not settle within {timeout_s:.0f}s; records so far: {self.counts()}")
-        manifest = self.manifest()
-        assert manifest is not None
-        return manifest
+        written = self.written()
+        assert written is not None
+        return written
 
     def close(self) -> None:
         self._consumer.close()

@@ -2,9 +2,9 @@
 
 Lifecycle, top to bottom: load what the service computes with (its LLMs, the checker) so that SERVING means ready →
 `/metrics` → gRPC SERVING → consume its topics (bus.kind 'kafka') → on SIGTERM or SIGINT: health NOT_SERVING and
-in-flight calls drained, while the worker finishes and commits its batch → the dataset writer writes its files →
-resources closed. While the broker, the store or an LLM is unavailable, health is NOT_SERVING and the worker waits
-for it (`lema.runtime.failures`); the process stays up.
+in-flight calls drained, while the worker finishes and commits its batch → resources closed. While the broker, the
+store or an LLM is unavailable, health is NOT_SERVING and the worker waits for it (`lema.runtime.failures`); the
+process stays up.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from lema.bus.base import Topics
 from lema.bus.kafka import ensure_topics
 from lema.pipeline import DatasetWriterWorker, Resources, Worker, build_worker
 from lema.runtime import metrics
-from lema.runtime.dataset_writer import DurableDatasetWriter, save_run_config
+from lema.runtime.dataset_writer import TableOffsets, save_run_config
 from lema.runtime.failures import BROKER, LLM, STORE, Dependencies, Interrupted, retry_transient
 from lema.runtime.grpc_server import GrpcServer
 from lema.runtime.kafka_worker import KafkaWorker
@@ -87,6 +87,8 @@ class ServiceProcess:
             self.resources.llm(name)
         if self.service == "checker":
             _ = self.resources.checker
+        if self.service == "dataset-writer":
+            _ = self.resources.dataset_sink  # read to the last checkpoint (bounded) before health says SERVING
 
     def _serve_metrics(self) -> None:
         server = self.settings.server
@@ -106,29 +108,27 @@ class ServiceProcess:
             self.stop,
         )
         worker: Worker = build_worker(self.service, self.settings, self.resources)
-        writer = None
-        if isinstance(worker, DatasetWriterWorker):
-            sink = worker
-            worker = writer = retry_transient(lambda: self._durable_writer(sink), self.dependencies, self.stop)
         client_id = f"{bus.group_prefix}{self.service}-{socket.gethostname()}-{os.getpid()}"
+        on_batch = on_assign = None
+        if isinstance(worker, DatasetWriterWorker):
+            retry_transient(
+                lambda: save_run_config(create_store(self.settings.store), self.settings), self.dependencies, self.stop
+            )
+            table = TableOffsets(worker, bus.group_prefix + worker.name)
+            on_batch, on_assign = table.commit, table.positions
+            # Larger batches than the model services: each one is a table commit, whose cost is mostly fixed.
+            bus = bus.model_copy(update={"batch_size": self.settings.dataset.writer_batch_size})
+        consumer_bus = bus
         kafka = retry_transient(
             lambda: KafkaWorker(
                 worker,
-                bus,
+                consumer_bus,
                 client_id=client_id,
-                on_idle=writer.flush if writer else None,
+                on_batch=on_batch,
+                on_assign=on_assign,
                 dependencies=self.dependencies,
             ),
             self.dependencies,
             self.stop,
         )
-        try:
-            kafka.run(self.stop)
-        finally:
-            if writer is not None and self.dependencies.all_up:
-                writer.flush()  # with the store down, the shards already hold every record; the next start writes
-
-    def _durable_writer(self, worker: DatasetWriterWorker) -> DurableDatasetWriter:
-        store = create_store(self.settings.store)
-        save_run_config(store, self.settings)
-        return DurableDatasetWriter(worker, store, self.settings.run.name)
+        kafka.run(self.stop)

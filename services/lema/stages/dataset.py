@@ -1,18 +1,17 @@
-"""Dataset: turn checked paths and verified corrections into fine-tuning files, plus the run summary.
+"""Dataset: the rows the dataset table holds for each record reaching the end of the pipeline, and the run summary.
 
-`DatasetBuilder` is an idempotent sink: every record is keyed by its deterministic id, so a record delivered twice is
-kept once, and files are written sorted by id, so the same records give byte-identical files whatever the order
-in which they arrived.
+Pure functions: `table_rows` turns the records of a topic into table rows (fine-tuning examples and the run's other
+records), `summarize` counts what a run produced, `jsonl` renders examples as the fine-tuning files. Writing rows is
+the dataset sink's job (`lema.dataset`); every row is keyed by its record's deterministic id, so a record delivered
+twice is one row after deduplication, and files sorted by id are byte-identical whatever the arrival order.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections import Counter
-from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from lema.bus.base import Topics
 from lema.config import DatasetSettings
@@ -25,10 +24,10 @@ from lema.records import (
     CotExample,
     Drop,
     Question,
+    ReasoningPath,
     Record,
     stable_id,
 )
-from lema.store.base import ArtifactStore
 
 CORRECTION_INSTRUCTION = (
     "The solution above is wrong. Name the first incorrect step, explain the mistake, and write a corrected solution."
@@ -98,128 +97,100 @@ def correction_example(item: CorrectedAttempt) -> CorrectionExample:
     )
 
 
-def _jsonl(records: Iterable[Record]) -> bytes:
+Kind = Literal["questions", "paths", "cot", "corrections", "drops"]
+KIND_RECORDS: dict[Kind, type[Record]] = {
+    "questions": Question,
+    "paths": ReasoningPath,
+    "cot": CotExample,
+    "corrections": CorrectionExample,
+    "drops": Drop,
+}
+"""What the rows of each kind hold: the fine-tuning examples (cot, corrections) and the run's other records."""
+
+
+@dataclass(frozen=True)
+class TableRow:
+    kind: Kind
+    id: str
+    """The record's deterministic id (a drop's key): rows with the same kind and id are the same record."""
+    record: Record
+
+
+def table_rows(topic: str, records: Sequence[Record], settings: DatasetSettings) -> list[TableRow]:
+    """The dataset rows for records consumed from `topic`."""
+    rows: list[TableRow] = []
+    for record in records:
+        if topic == Topics.QUESTIONS and isinstance(record, Question):
+            rows.append(TableRow("questions", record.id, record))
+            gold = gold_cot_example(record) if settings.include_gold_solutions else None
+            if gold is not None:
+                rows.append(TableRow("cot", gold.id, gold))
+        elif topic in (Topics.COT, Topics.MISTAKES) and isinstance(record, Attempt):
+            rows.append(TableRow("paths", record.path.id, record.path))
+            if topic == Topics.COT:
+                rows.append(TableRow("cot", record.path.id, cot_example(record)))
+        elif topic == Topics.VERIFIED and isinstance(record, CorrectedAttempt):
+            rows.append(TableRow("corrections", record.correction.id, correction_example(record)))
+        elif topic == Topics.DROPS and isinstance(record, Drop):
+            rows.append(TableRow("drops", record.key, record))
+        else:
+            raise ValueError(f"dataset: unexpected {type(record).__name__} on topic {topic!r}")
+    return rows
+
+
+def jsonl(records: Iterable[Record]) -> bytes:
     return "".join(r.model_dump_json() + "\n" for r in records).encode()
 
 
-class DatasetBuilder:
-    """Collects the records that reach the end of the pipeline; writes the dataset and the run summary."""
-
-    def __init__(self, settings: DatasetSettings) -> None:
-        self.settings = settings
-        self.questions: dict[str, Question] = {}
-        self.correct: dict[str, Attempt] = {}
-        self.wrong: dict[str, Attempt] = {}
-        self.verified: dict[str, CorrectedAttempt] = {}
-        self.drops: dict[str, Drop] = {}
-
-    def add(self, topic: str, record: Record) -> None:
-        if topic == Topics.QUESTIONS and isinstance(record, Question):
-            self.questions.setdefault(record.id, record)
-        elif topic == Topics.COT and isinstance(record, Attempt):
-            self.correct.setdefault(record.path.id, record)
-        elif topic == Topics.MISTAKES and isinstance(record, Attempt):
-            self.wrong.setdefault(record.path.id, record)
-        elif topic == Topics.VERIFIED and isinstance(record, CorrectedAttempt):
-            self.verified.setdefault(record.correction.id, record)
-        elif topic == Topics.DROPS and isinstance(record, Drop):
-            self.drops.setdefault(record.key, record)
-        else:
-            raise ValueError(f"dataset builder: unexpected {type(record).__name__} on topic {topic!r}")
-
-    def cot_examples(self) -> list[CotExample]:
-        examples = [cot_example(a) for a in self.correct.values()]
-        if self.settings.include_gold_solutions:
-            examples += [e for q in self.questions.values() if (e := gold_cot_example(q)) is not None]
-        return sorted(examples, key=lambda e: e.id)
-
-    def correction_examples(self) -> list[CorrectionExample]:
-        return sorted((correction_example(v) for v in self.verified.values()), key=lambda e: e.id)
-
-    def summary(self) -> dict[str, Any]:
-        """Counts per stage, per-sampler accuracy, correction yield and drop reasons."""
-        drops_by_stage = Counter(d.stage for d in self.drops.values())
-        samplers: dict[str, dict[str, float]] = {}
-        for attempt in [*self.correct.values(), *self.wrong.values()]:
-            stats = samplers.setdefault(attempt.path.model, {"paths": 0, "correct": 0})
-            stats["paths"] += 1
-            stats["correct"] += attempt.path.verdict == "correct"
-        for stats in samplers.values():
-            stats["accuracy"] = round(stats["correct"] / stats["paths"], 4)
-        rounds = Counter(str(q.round) for q in self.questions.values())
-        corrections = len(self.verified) + drops_by_stage["verify"]
-        cot = self.cot_examples()
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "questions": {
-                "input": rounds.get("0", 0),
-                "evolved": len(self.questions) - rounds.get("0", 0),
-                "by_round": dict(sorted(rounds.items())),
+def summarize(
+    question_rounds: Iterable[int],
+    paths: Iterable[tuple[str, str | None]],
+    verified: int,
+    drops: Iterable[tuple[str, str]],
+    cot_sources: Iterable[str],
+) -> dict[str, Any]:
+    """Counts per stage, per-sampler accuracy, correction yield and drop reasons, from the distinct records of a run:
+    question rounds, (sampler model, verdict) per path, verified corrections, (stage, reason) per drop, and the
+    source ('sampled'/'gold') of every CoT example."""
+    rounds = Counter(str(r) for r in question_rounds)
+    drop_list = list(drops)
+    drops_by_stage = Counter(stage for stage, _ in drop_list)
+    samplers: dict[str, dict[str, float]] = {}
+    right = wrong = 0
+    for model, verdict in paths:
+        stats = samplers.setdefault(model, {"paths": 0, "correct": 0})
+        stats["paths"] += 1
+        stats["correct"] += verdict == "correct"
+        right += verdict == "correct"
+        wrong += verdict != "correct"
+    for stats in samplers.values():
+        stats["accuracy"] = round(stats["correct"] / stats["paths"], 4)
+    sources = Counter(cot_sources)
+    questions = sum(rounds.values())
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "questions": {
+            "input": rounds.get("0", 0),
+            "evolved": questions - rounds.get("0", 0),
+            "by_round": dict(sorted(rounds.items())),
+        },
+        "stages": {
+            "sample": {"paths": right + wrong},
+            "check": {"correct": right, "wrong": wrong},
+            "correct": {
+                "mistakes": wrong,
+                "parsed": verified + drops_by_stage["verify"],
+                "dropped": drops_by_stage["correct"],
             },
-            "stages": {
-                "sample": {"paths": len(self.correct) + len(self.wrong)},
-                "check": {"correct": len(self.correct), "wrong": len(self.wrong)},
-                "correct": {
-                    "mistakes": len(self.wrong),
-                    "parsed": corrections,
-                    "dropped": drops_by_stage["correct"],
-                },
-                "verify": {"verified": len(self.verified), "rejected": drops_by_stage["verify"]},
-                "evolve": {
-                    "kept": len(self.questions) - rounds.get("0", 0),
-                    "dropped": drops_by_stage["evolve"],
-                },
-            },
-            "samplers": dict(sorted(samplers.items())),
-            "correction_yield": round(len(self.verified) / len(self.wrong), 4) if self.wrong else None,
-            "drops": dict(sorted(Counter(f"{d.stage}/{d.reason}" for d in self.drops.values()).items())),
-            "dataset": {
-                "cot": len(cot),
-                "cot_gold": sum(e.source == "gold" for e in cot),
-                "corrections": len(self.verified),
-            },
-        }
-
-    def write(self, store: ArtifactStore, prefix: str, extra_summary: dict[str, Any] | None = None) -> list[str]:
-        """Write `cot.jsonl`, `corrections.jsonl` (+ Parquet / HF exports) and `run_summary.json` under `prefix`."""
-        cot, corrections = self.cot_examples(), self.correction_examples()
-        written = {f"{prefix}/cot.jsonl": _jsonl(cot), f"{prefix}/corrections.jsonl": _jsonl(corrections)}
-        for key, data in written.items():
-            store.put_bytes(key, data)
-        keys = list(written)
-        if "parquet" in self.settings.formats or "hf" in self.settings.formats:
-            keys += _export(store, prefix, cot, corrections, self.settings)
-        summary = {**self.summary(), **(extra_summary or {})}
-        store.put_bytes(f"{prefix}/run_summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-        return [*keys, f"{prefix}/run_summary.json"]
-
-
-def _export(
-    store: ArtifactStore,
-    prefix: str,
-    cot: list[CotExample],
-    corrections: list[CorrectionExample],
-    settings: DatasetSettings,
-) -> list[str]:
-    """Parquet files and/or a Hugging Face `DatasetDict` saved to disk, uploaded through the store."""
-    import datasets
-
-    splits = {
-        "cot": datasets.Dataset.from_list([e.model_dump() for e in cot]),
-        "corrections": datasets.Dataset.from_list([e.model_dump() for e in corrections]),
+            "verify": {"verified": verified, "rejected": drops_by_stage["verify"]},
+            "evolve": {"kept": questions - rounds.get("0", 0), "dropped": drops_by_stage["evolve"]},
+        },
+        "samplers": dict(sorted(samplers.items())),
+        "correction_yield": round(verified / wrong, 4) if wrong else None,
+        "drops": dict(sorted(Counter(f"{stage}/{reason}" for stage, reason in drop_list).items())),
+        "dataset": {
+            "cot": sum(sources.values()),
+            "cot_gold": sources["gold"],
+            "corrections": verified,
+        },
     }
-    keys: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        if "parquet" in settings.formats:
-            for name, split in splits.items():
-                split.to_parquet(str(root / f"{name}.parquet"))
-                store.upload_file(f"{prefix}/{name}.parquet", root / f"{name}.parquet")
-                keys.append(f"{prefix}/{name}.parquet")
-        if "hf" in settings.formats:
-            datasets.DatasetDict(splits).save_to_disk(str(root / "hf"))
-            for file in sorted(p for p in (root / "hf").rglob("*") if p.is_file()):
-                key = f"{prefix}/hf/{file.relative_to(root / 'hf').as_posix()}"
-                store.upload_file(key, file)
-                keys.append(key)
-    return keys

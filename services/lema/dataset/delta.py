@@ -1,0 +1,229 @@
+"""The Delta Lake dataset sink (delta-rs): every append is one table commit, with the Kafka offsets it consumed.
+
+Cost per append is flat: the rows become one Parquet file per kind, uploaded once, then a commit that adds them
+(no rewrite of anything written before); the table object follows the log incrementally, and a checkpoint every
+`dataset.checkpoint_interval` commits bounds what a (re)start reads. Offsets travel in the same commit as
+app transactions (`appId` = consumer group/topic/partition, `version` = the next offset to consume), the
+kafka-delta-ingest pattern: the table holds exactly the records up to the offsets it states. A writer that lost its
+partitions but still commits (a zombie) is refused by the log's conflict check on those app ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.transaction import AddAction, RemoveAction
+
+from lema.config import DatasetSettings
+from lema.dataset.table import (
+    BATCHES,
+    PARTITION_BY,
+    SCHEMA,
+    TableLocation,
+    batch_counters,
+    to_arrow,
+)
+from lema.stages.dataset import TableRow
+
+log = logging.getLogger(__name__)
+
+RETRY_BACKOFF_S = (0.5, 10.0)
+"""First and longest wait between tries of a commit the store refused."""
+
+
+class DatasetSinkError(RuntimeError):
+    """The table could not be written (after retrying for `dataset.commit_retry_s`) or read."""
+
+
+class DeltaSink:
+    def __init__(
+        self, location: TableLocation, settings: DatasetSettings, writer: str = "lema", *, create: bool = True
+    ) -> None:
+        """`writer` names this process in the per-commit counters; `create=False` opens an existing table only."""
+        self.location = location
+        self.settings = settings
+        self.writer = writer
+        self._lock = threading.Lock()  # the poll thread asks for offsets while a batch commits on another
+        self._table = self._open_or_create() if create else self._open()
+
+    # -- opening -------------------------------------------------------------------------------------------------
+    def _open(self) -> DeltaTable:
+        try:
+            return DeltaTable(self.location.uri, storage_options=self.location.storage_options)
+        except TableNotFoundError:
+            raise DatasetSinkError(f"{self.location.uri}: no dataset table (has the run written anything?)") from None
+
+    def _open_or_create(self) -> DeltaTable:
+        options = self.location.storage_options
+        for _ in range(3):  # replicas starting together race to create it; the losers open the winner's table
+            try:
+                return DeltaTable(self.location.uri, storage_options=options)
+            except TableNotFoundError:
+                pass
+            try:
+                return DeltaTable.create(
+                    self.location.uri,
+                    schema=SCHEMA,
+                    mode="ignore",
+                    partition_by=PARTITION_BY,
+                    name="lema_dataset",
+                    configuration={"delta.checkpointInterval": str(self.settings.checkpoint_interval)},
+                    storage_options=options,
+                )
+            except (CommitFailedError, DeltaError) as exc:
+                log.info("dataset table %s: created concurrently (%s); opening it", self.location.uri, exc)
+        return DeltaTable(self.location.uri, storage_options=options)
+
+    # -- writing -------------------------------------------------------------------------------------------------
+    def append(self, rows: Sequence[TableRow], offsets: Mapping[str, int] | None = None) -> bool:
+        """Append `rows` and, in the same commit, `offsets` (source id -> next offset to consume).
+
+        Returns False when the table already holds these offsets (a redelivered batch: nothing is written). A store
+        that refuses the commit is retried with backoff for `dataset.commit_retry_s`, then `DatasetSinkError`.
+        """
+        offsets = dict(offsets or {})
+        started = time.perf_counter()
+        batch_id = f"b-{uuid.uuid4().hex}"
+        tables = to_arrow(rows)
+        with self._lock:
+            deadline = time.monotonic() + self.settings.commit_retry_s
+            wait = RETRY_BACKOFF_S[0]
+            while True:
+                try:
+                    self._table.update_incremental()  # others' commits: keeps our conflict checks short
+                    held = self._held(offsets)
+                    if offsets and all(held.get(app, -1) >= version for app, version in offsets.items()):
+                        log.info("dataset: offsets %s already in the table; batch skipped", offsets)
+                        return False
+                    counters = batch_counters(self.writer, len(rows), time.perf_counter() - started, batch_id)
+                    self._commit({**tables, **to_arrow((), counters)}, offsets, held)
+                    return True
+                except CommitFailedError as exc:
+                    # Another writer committed these partitions' offsets since our snapshot: re-read and decide
+                    # again (skip what is in; a partial overlap is appended and deduplicated on read).
+                    log.warning("dataset: commit conflict, re-reading the table's offsets: %s", exc)
+                    if time.monotonic() > deadline:
+                        raise DatasetSinkError(f"{self.location.uri}: commit keeps conflicting: {exc}") from exc
+                except (OSError, DeltaError) as exc:
+                    if time.monotonic() > deadline:
+                        raise DatasetSinkError(f"{self.location.uri}: cannot commit: {exc}") from exc
+                    log.warning("dataset: store unavailable (%s); retrying in %.1fs", exc, wait)
+                    time.sleep(wait)
+                    wait = min(wait * 2, RETRY_BACKOFF_S[1])
+
+    def _held(self, offsets: Mapping[str, int]) -> dict[str, int]:
+        held = {}
+        for app in offsets:
+            version = self._table.transaction_version(app)
+            if version is not None:
+                held[app] = version
+        return held
+
+    def _commit(self, tables: Mapping[str, pa.Table], offsets: Mapping[str, int], held: Mapping[str, int]) -> None:
+        adds: list[AddAction | RemoveAction] = [self._write_file(kind, table) for kind, table in tables.items()]
+        # Never move a partition's offset back: a writer that re-read part of a batch appends it again (duplicates
+        # are removed on read), but keeps the furthest offset.
+        versions = {app: max(version, held.get(app, -1)) for app, version in offsets.items()}
+        try:
+            self._table.create_write_transaction(
+                adds,
+                mode="append",
+                schema=SCHEMA,
+                partition_by=PARTITION_BY,
+                commit_properties=CommitProperties(
+                    app_transactions=[Transaction(app, version) for app, version in sorted(versions.items())]
+                ),
+                post_commithook_properties=PostCommitHookProperties(create_checkpoint=True),
+            )
+        except BaseException:
+            self._delete_files([add.path for add in adds])  # not in the log: nobody reads them
+            raise
+
+    def _write_file(self, kind: str, table: pa.Table) -> AddAction:
+        relative = f"kind={kind}/part-{uuid.uuid4().hex}.parquet"
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, compression="zstd")
+        data = buffer.getvalue()
+        path = f"{self.location.root}/{relative}"
+        if isinstance(self.location.filesystem, pafs.LocalFileSystem):
+            self.location.filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with self.location.filesystem.open_output_stream(path) as out:
+            out.write(data)
+        return AddAction(
+            path=relative,
+            size=data.size,
+            partition_values={"kind": kind},
+            modification_time=int(time.time() * 1000),
+            data_change=True,
+            stats=f'{{"numRecords":{table.num_rows}}}',
+        )
+
+    def _delete_files(self, relatives: Sequence[str]) -> None:
+        for relative in relatives:
+            with contextlib.suppress(OSError):  # vacuum removes what is left
+                self.location.filesystem.delete_file(f"{self.location.root}/{relative}")
+
+    # -- reading -------------------------------------------------------------------------------------------------
+    def offsets(self, sources: Sequence[str]) -> dict[str, int]:
+        """The next offset to consume of each source the table has offsets for."""
+        with self._lock:
+            self._table.update_incremental()
+            return self._held({source: 0 for source in sources})
+
+    def read(self, kind: str, columns: Sequence[str]) -> pa.Table:
+        """Every row of `kind` as committed (duplicates included; `lema.dataset.reader` removes them)."""
+        with self._lock:
+            self._table.update_incremental()
+            return self._table.to_pyarrow_table(filters=[("kind", "=", kind)], columns=list(columns))
+
+    def version(self) -> int:
+        with self._lock:
+            return self._table.version()
+
+    # -- maintenance ---------------------------------------------------------------------------------------------
+    def compact(self) -> dict[str, Any]:
+        """Bin-pack small files (safe alongside running writers: no data change)."""
+        with self._lock:
+            self._table.update_incremental()
+            metrics: dict[str, Any] = self._table.optimize.compact()
+            return metrics
+
+    def replace_kind(self, kind: str, table: pa.Table, read_version: int) -> None:
+        """Replace every row of `kind` by `table` (the deduplicated rows read at `read_version`).
+
+        Raises `CommitFailedError` if a writer appended to `kind` since `read_version`: nothing is lost, the caller
+        reads again and retries.
+        """
+        if kind == BATCHES:
+            raise ValueError("batch counters are never rewritten")
+        with self._lock:
+            self._table.load_as_version(read_version)
+            write_deltalake(
+                self._table,
+                table.append_column("kind", pa.array([kind] * table.num_rows, pa.string())).select(SCHEMA.names),
+                mode="overwrite",
+                predicate=f"kind = '{kind}'",
+                partition_by=PARTITION_BY,
+            )
+            self._table.update_incremental()
+
+    def vacuum(self, retention_hours: int) -> list[str]:
+        """Delete files no commit of the last `retention_hours` references (replaced by compaction, or orphaned by a
+        failed commit). Keep it longer than any commit takes, or a file written for a commit in progress goes."""
+        with self._lock:
+            self._table.update_incremental()
+            removed: list[str] = self._table.vacuum(
+                retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False
+            )
+            return removed
