@@ -64,6 +64,9 @@ from lema.runtime.commands import serve_command, submit_command, up_command  # n
 app.command("serve")(serve_command)
 app.command("up")(up_command)
 app.command("submit")(submit_command)
+from lema.runtime.dlq import app as dlq_app  # noqa: E402
+
+app.add_typer(dlq_app, name="dlq")
 
 
 def main() -> None:

@@ -125,13 +125,17 @@ class KafkaEvolverState:
             raise BusError(f"kafka: an evolver state entry was not acknowledged: {exc}") from exc
 
     def _catch_up(self, until: int | None = None) -> None:
-        """Apply every entry up to `until` (default: the partition's current end)."""
+        """Apply every entry up to `until` (default: the partition's current end).
+
+        The end is the larger of the broker's end offset and the last fetch's high watermark: Tansu's end offset is
+        the last batch's base offset + 1, short of the batch's other entries.
+        """
         try:
             end = until if until is not None else self._consumer.end_offsets([self._partition])[self._partition]
         except KafkaError as exc:
             raise BusError(f"kafka: cannot read the end of {self._partition.topic}: {exc}") from exc
         deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-        while self._consumer.position(self._partition) < end:
+        while self._consumer.position(self._partition) < max(end, self._consumer.highwater(self._partition) or 0):
             if time.monotonic() > deadline:
                 raise BusError(f"kafka: {self._partition.topic} not read up to offset {end} in {CATCH_UP_TIMEOUT_S}s")
             for records in self._consumer.poll(timeout_ms=500, max_records=10_000).values():
