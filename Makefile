@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck test-vllm bench proto clean
+.PHONY: venv demo test lint typecheck test-faults test-vllm bench proto clean
 
 # torch comes through pip, which finds the local CPU wheel; uv resolves the rest in minutes, not pip's quarter
 # hour, and keeps the installed torch since it satisfies the pin.
@@ -24,7 +24,11 @@ demo: $(STAMP)
 	$(VENV)/bin/lema run --config examples/demo.yaml
 
 test: $(STAMP) lint typecheck
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not fault"
+
+# The platform's fault drills (broker, store and LLM outages, poison messages, kill -9): a few minutes.
+test-faults: $(STAMP)
+	$(VENV)/bin/pytest -q -s -m fault tests/platform/test_faults.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check services tests training_job benchmarks examples scripts docker

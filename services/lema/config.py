@@ -40,7 +40,9 @@ class LLMSettings(Section):
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the env var holding the key; never the key.")
     max_concurrency: int = Field(8, gt=0)
     timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(5, ge=0, description="Retries after a 429, 5xx, timeout or dropped connection.")
+    retry_window_s: float = Field(
+        300.0, ge=0, description="How long a request is retried after a 429, 5xx, timeout or refused connection."
+    )
     retry_backoff_s: float = Field(0.5, gt=0, description="Backoff ceiling of the first retry; doubles each retry.")
     retry_backoff_max_s: float = Field(30.0, gt=0, description="Cap on one backoff, Retry-After included.")
     # replay: recorded completions, for benchmarks and tests of the transport without an LLM
@@ -122,6 +124,22 @@ class BusSettings(Section):
     max_attempts: int = Field(3, gt=0, description="Tries before a message goes to the dead-letter topic.")
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 10_000
+    max_message_bytes: int = Field(
+        1_048_576,
+        gt=1024,
+        description="Largest message the broker takes (its message.max.bytes): larger inputs are dead-lettered, "
+        "dead letters are trimmed to fit.",
+    )
+    # Security: secrets are read from the environment variables named here, never from the file.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="With a SASL_* security_protocol."
+    )
+    sasl_username_env: str = Field("LEMA_KAFKA_USERNAME", description="Env var holding the SASL user name.")
+    sasl_password_env: str = Field("LEMA_KAFKA_PASSWORD", description="Env var holding the SASL password.")
+    ssl_cafile: Path | None = Field(None, description="CA bundle to verify the broker (SSL, SASL_SSL).")
+    ssl_certfile: Path | None = Field(None, description="Client certificate, for brokers that require mutual TLS.")
+    ssl_keyfile: Path | None = None
 
 
 class FileSettings(BaseSettings):

@@ -93,8 +93,9 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(
             # Kill the victim as soon as it is seen working on this chunk: mid-stream, between polls and commits.
             victim = services[kills[index]]
             victim.wait_serving()
-            busy_since = victim.metric("lema_stage_records_in")
-            while victim.metric("lema_stage_records_in") == busy_since:
+            busy_since, deadline = victim.metric("lema_stage_records_in"), time.monotonic() + 30
+            # Under load it may have finished the chunk already: then it is killed between batches.
+            while victim.metric("lema_stage_records_in") == busy_since and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert victim.kill() == -9
             services[victim.service] = ServiceChild(victim.service, config, victim.log, victim.env).start()

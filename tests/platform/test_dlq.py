@@ -29,7 +29,8 @@ def test_list_show_and_redrive_dead_letters(broker: LocalBroker, tmp_path: Path)
     oversized = [
         ("lema-error", b"message too large: 5000000 bytes"),
         ("lema-source-topic", f"{bus.topic_prefix}{Topics.QUESTIONS}".encode()),
-        ("lema-size", b"5000000"),
+        ("lema-source-size", b"5000000"),
+        ("lema-payload-dropped", b"too large for the dead-letter topic"),
     ]
     producer.publish_raw([RawMessage(Topics.DLQ, b"huge", None, oversized)])  # a letter whose payload was not kept
     resources = Resources(LemaSettings())

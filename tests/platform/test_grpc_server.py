@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,6 +122,62 @@ def test_messages_over_the_size_limit_are_refused(checker: checker_pb2_grpc.Chec
     with pytest.raises(grpc.RpcError) as raised:
         checker.Check(huge)
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_undecodable_request_bytes_are_invalid_argument(server: GrpcServer) -> None:
+    garbage = b"\xff\xff\xff\xff"  # a field header whose varint never ends: no protobuf message decodes it
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        unary = channel.unary_unary("/lema.v1.CheckerService/Check")
+        with pytest.raises(grpc.RpcError) as raised:
+            unary(garbage, timeout=10)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "CheckerService/Check" in str(raised.value.details())
+        streaming = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+        with pytest.raises(grpc.RpcError) as raised:
+            list(streaming(iter([garbage]), timeout=10))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        reply = checker_pb2_grpc.CheckerServiceStub(channel).Check(
+            checker_pb2.CheckRequest(response="The answer is 3", gold="3", task="gsm8k")
+        )
+    assert reply.correct
+
+
+def test_a_briefly_taken_port_is_retried(resources: Resources) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    threading.Timer(0.5, taken.close).start()
+    started = start(resources, grpc_port=port, bind_retry_s=20)
+    try:
+        assert started.port == port
+    finally:
+        started.stop()
+
+
+def test_a_port_taken_for_longer_than_the_retry_window_fails_naming_the_setting(resources: Resources) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError, match=r"server\.bind_retry_s"):
+            start(resources, grpc_port=taken.getsockname()[1], bind_retry_s=0.3)
+
+
+def test_health_follows_dependencies(resources: Resources) -> None:
+    started = start(resources)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{started.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status(service: str) -> int:
+                return int(health.Check(health_pb2.HealthCheckRequest(service=service)).status)
+
+            started.set_serving(False)
+            assert {status(""), status("lema.v1.CheckerService")} == {health_pb2.HealthCheckResponse.NOT_SERVING}
+            started.set_serving(True)
+            assert {status(""), status("lema.v1.CheckerService")} == {health_pb2.HealthCheckResponse.SERVING}
+    finally:
+        started.stop()
 
 
 def test_health_and_reflection(server: GrpcServer) -> None:

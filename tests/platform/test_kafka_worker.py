@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +18,8 @@ from lema.bus.kafka import KafkaBus, RawMessage, ensure_topics
 from lema.config import BusSettings, LemaSettings, LLMSettings
 from lema.pipeline import Resources, build_worker
 from lema.records import Attempt, Question, ReasoningPath
-from lema.runtime.infra import LocalBroker
+from lema.runtime.failures import Dependencies
+from lema.runtime.infra import LocalBroker, free_port
 from lema.runtime.kafka_worker import KafkaWorker
 from lema.runtime.wire import decode
 
@@ -173,3 +177,75 @@ def test_consumer_lag_is_exported(broker: LocalBroker) -> None:
     group = f"{settings.group_prefix}checker"
     lag = REGISTRY.get_sample_value("lema_kafka_consumer_lag_messages", {"group": group, "topic": Topics.PATHS})
     assert lag == 30 - consumed
+
+
+def test_an_oversized_message_is_dead_lettered_within_the_size_limit_and_the_worker_carries_on(
+    bus: tuple[BusSettings, KafkaBus],
+) -> None:
+    settings, producer = bus
+    small = settings.model_copy(update={"max_message_bytes": 8192})
+    producer.publish_raw([RawMessage(Topics.PATHS, b"huge", b"\x00" * 100_000, [("origin", b"test")])])
+    producer.publish([Message(Topics.PATHS, a.key, a) for a in (attempt(i, 12) for i in range(3))])
+    resources = Resources(LemaSettings())
+    worker = KafkaWorker(build_worker("checker", LemaSettings(), resources), small, client_id="test-oversized")
+    try:
+        run_until(worker, 4)
+    finally:
+        worker.close()
+        resources.close()
+    (letter,) = read_topics(settings, [Topics.DLQ], expected=1)
+    headers = dict(letter.headers)
+    assert letter.key == b"huge" and letter.value is None
+    assert b"oversized message" in headers["lema-error"] and headers["lema-source-size"] == b"100014"
+    assert headers["lema-payload-dropped"] and headers["lema-source-topic"] == f"{settings.topic_prefix}paths".encode()
+    assert len(read_topics(settings, [Topics.COT], expected=3)) == 3
+    assert sum(committed(settings, "checker").values()) == 4
+
+
+def test_an_llm_outage_is_waited_out_without_dead_letters(bus: tuple[BusSettings, KafkaBus], tmp_path: Path) -> None:
+    """The corrector's LLM server is down when the mistakes arrive and starts 2 s after the worker reported it down:
+    the batch waits, health listeners hear 'down' then 'up', nothing goes to the DLQ."""
+    settings, producer = bus
+    port = free_port()
+    llm = LLMSettings(
+        backend="openai", model="stub", base_url=f"http://127.0.0.1:{port}/v1", retry_window_s=0.3, retry_backoff_s=0.05
+    )
+    lema_settings = LemaSettings(llms={"smollm2": llm})
+    wrong = [attempt(i, 13) for i in range(2)]
+    producer.publish([Message(Topics.MISTAKES, a.key, a) for a in wrong])
+    resources = Resources(lema_settings)
+    changes: list[bool] = []
+    dependencies = Dependencies("test-corrector")
+    dependencies.on_change(changes.append)
+    worker = KafkaWorker(
+        build_worker("corrector", lema_settings, resources),
+        settings,
+        client_id="test-llm-outage",
+        dependencies=dependencies,
+    )
+    server: subprocess.Popen[bytes] | None = None
+    stop = threading.Event()
+    consuming = threading.Thread(target=worker.run, args=(stop,))
+    consuming.start()
+    try:
+        deadline = time.monotonic() + 90
+        while not changes:
+            assert time.monotonic() < deadline, "the worker never reported the LLM down"
+            time.sleep(0.1)
+        time.sleep(2.0)  # down for a while: several LLMUnavailable in a row, none dead-lettered
+        assert read_topics(settings, [Topics.CORRECTIONS, Topics.DROPS], expected=1, timeout_s=1) == []
+        questions = Path(__file__).parents[2] / "examples" / "data" / "demo_problems.jsonl"
+        command = [sys.executable, str(Path(__file__).parent / "stub_llm.py"), str(port), str(questions), "0"]
+        server = subprocess.Popen(command)
+        outputs = read_topics(settings, [Topics.CORRECTIONS, Topics.DROPS], expected=2, timeout_s=90)
+    finally:
+        stop.set()
+        consuming.join(timeout=60)
+        resources.close()
+        if server is not None:
+            server.kill()
+            server.wait()
+    assert len(outputs) >= 2
+    assert changes == [False, True]
+    assert REGISTRY.get_sample_value("lema_dependency_up", {"dependency": "llm"}) == 1.0
+    assert read_topics(settings, [Topics.DLQ], expected=1, timeout_s=3) == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -14,7 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from platform_testing import REPO, ServiceChild, wait_serving, write_config
 
-from lema.runtime.infra import free_port
+from lema.runtime.infra import LOCAL_S3_SECRET_KEY, free_port
 from lema.v1 import checker_pb2, checker_pb2_grpc
 
 
@@ -97,7 +99,7 @@ def free_port_block(size: int) -> int:
     raise RuntimeError(f"no {size} consecutive free ports")
 
 
-def test_up_runs_every_service_on_local_infrastructure_until_interrupted(tmp_path: Path) -> None:
+def test_up_runs_every_service_restarts_a_killed_one_and_prints_no_secret(tmp_path: Path) -> None:
     recording = tmp_path / "recording.jsonl"
     recording.write_text("")  # a replay LLM loads at once: this test is about processes, not models
     config = write_config(
@@ -117,9 +119,19 @@ def test_up_runs_every_service_on_local_infrastructure_until_interrupted(tmp_pat
     try:
         for port in range(grpc_base, grpc_base + 5):
             wait_serving(f"127.0.0.1:{port}", up, log, timeout_s=180)
+        (checker_pid,) = re.findall(r"checker: pid (\d+)", log.read_text())
+        os.kill(int(checker_pid), signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while len(re.findall(r"checker: pid (\d+)", log.read_text())) < 2:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        wait_serving(f"127.0.0.1:{grpc_base + 1}", up, log, timeout_s=180)
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=120) == 0, log.read_text()[-3000:]
     text = log.read_text()
+    assert "checker: exited with code -9; restarting in 1 s" in text
     assert "all services started; feed them with" in text and "lema submit QUESTIONS.jsonl" in text
+    assert "LEMA_S3_SECRET_KEY" in text and LOCAL_S3_SECRET_KEY not in text
+    assert "gRPC 127.0.0.1:" in text and "0.0.0.0" not in text
     assert text.count(": stopped") == 5

@@ -8,13 +8,14 @@ message is the same message and every consumer can treat a repeated key as a no-
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from lema.bus.base import Message
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 KEEPALIVE_S = 1.0
 """While a batch is processed, the consumer polls (paused) at least this often."""
+COMMIT_TIMEOUT_MS = 10_000
+"""A commit that cannot reach the group coordinator gives up (a transient error) instead of blocking forever."""
 Headers = list[tuple[str, bytes]]
 T = TypeVar("T")
 
@@ -56,9 +59,36 @@ class RawMessage:
     headers: Headers
 
 
+def client_options(settings: BusSettings) -> dict[str, Any]:
+    """Connection and security options shared by every kafka-python client; SASL credentials come from the
+    environment variables the settings name (a missing one is an error naming the variable, never its value)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol.startswith("SASL_"):
+        names = (settings.sasl_username_env, settings.sasl_password_env)
+        missing = [name for name in names if not os.environ.get(name)]
+        if missing:
+            raise ValueError(
+                f"bus.security_protocol is {settings.security_protocol}: set the environment variable(s) "
+                f"{', '.join(missing)} (named by bus.sasl_username_env / bus.sasl_password_env)"
+            )
+        options |= {
+            "sasl_mechanism": settings.sasl_mechanism,
+            "sasl_plain_username": os.environ[settings.sasl_username_env],
+            "sasl_plain_password": os.environ[settings.sasl_password_env],
+        }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        files = {"ssl_cafile": settings.ssl_cafile, "ssl_certfile": settings.ssl_certfile}
+        files["ssl_keyfile"] = settings.ssl_keyfile
+        options |= {name: str(path) for name, path in files.items() if path is not None}
+    return options
+
+
 def ensure_topics(settings: BusSettings, names: Iterable[str], partitions: int, replication_factor: int) -> None:
     """Create the (prefixed) topics that do not exist yet; existing ones are left as they are."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="lema-admin")
+    admin = KafkaAdminClient(**client_options(settings), client_id="lema-admin")
     try:
         existing = set(admin.list_topics())
         missing = [settings.topic_prefix + n for n in names if settings.topic_prefix + n not in existing]
@@ -79,8 +109,9 @@ class KafkaBus:
     def __init__(self, settings: BusSettings, client_id: str) -> None:
         self.prefix = settings.topic_prefix
         self._producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **client_options(settings),
             client_id=client_id,
+            max_request_size=settings.max_message_bytes,
             enable_idempotence=True,
             acks="all",
             # `publish` sends a batch's results together and flushes: a short linger lets them gather, and large
@@ -104,8 +135,9 @@ class KafkaBus:
         except KafkaError as exc:
             raise BusError(f"kafka: a message was not acknowledged: {exc}") from exc
 
-    def close(self) -> None:
-        self._producer.close()
+    def close(self, timeout_s: float | None = None) -> None:
+        """Flush and close; `timeout_s` bounds the wait (a producer the broker invalidated is closed with 0)."""
+        self._producer.close(timeout=timeout_s)
 
 
 class KafkaInbox:
@@ -115,7 +147,7 @@ class KafkaInbox:
         self.prefix = settings.topic_prefix
         self.group = group
         self._consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **client_options(settings),
             group_id=group,
             client_id=client_id,
             enable_auto_commit=False,
@@ -147,8 +179,8 @@ class KafkaInbox:
             if tp not in offsets or offsets[tp].offset <= d.offset:
                 offsets[tp] = OffsetAndMetadata(d.offset + 1, "", -1)
         try:
-            self._consumer.commit(offsets)
-        except CommitFailedError as exc:
+            self._consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+        except (CommitFailedError, RebalanceInProgressError) as exc:
             log.warning("%s: commit refused after a rebalance; the batch will be redelivered: %s", self.group, exc)
             return False
         return True

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from lema.bus.kafka import BusError
+from lema.bus.kafka import BusError, client_options
 from lema.config import BusSettings
 from lema.evolver_state.base import Evolution
 from lema.records import Question
@@ -37,7 +37,7 @@ _QUESTION, _SEED = "question/", "seed/"
 def ensure_state_topic(settings: BusSettings) -> str:
     """Create the compacted state topic if it does not exist; returns its full name."""
     name = settings.topic_prefix + STATE_TOPIC
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="lema-admin")
+    admin = KafkaAdminClient(**client_options(settings), client_id="lema-admin")
     try:
         if name not in set(admin.list_topics()):
             spec = {"num_partitions": 1, "replication_factor": -1, "configs": {"cleanup.policy": "compact"}}
@@ -54,14 +54,14 @@ class KafkaEvolverState:
         self._evolutions: dict[str, Evolution] = {}
         self._partition = TopicPartition(ensure_state_topic(settings), 0)
         self._producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **client_options(settings),
             client_id=f"{client_id}-state",
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
         )
         self._consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **client_options(settings),
             client_id=f"{client_id}-state",
             enable_auto_commit=False,
             fetch_max_wait_ms=100,

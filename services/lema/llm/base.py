@@ -58,6 +58,11 @@ class LLMError(RuntimeError):
     """A backend could not produce a completion (after its own retries)."""
 
 
+class LLMUnavailable(LLMError):
+    """The LLM server stayed unreachable, overloaded or failing (timeouts, 429, 5xx) through the backend's retry
+    window: a transient failure that the runtimes wait out instead of dead-lettering the input."""
+
+
 @runtime_checkable
 class LLMBackend(Protocol):
     @property

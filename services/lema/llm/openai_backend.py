@@ -4,7 +4,9 @@ Requests go out concurrently (at most `max_concurrency` in flight) from an event
 own thread, so the synchronous `generate` works the same from a plain thread and from inside a running event loop.
 Sample i of a request is its own HTTP request carrying `seed + i`, the same contract as the local backends.
 Throttling (429), server errors (5xx), timeouts and dropped connections are retried with exponential backoff and full
-jitter, honouring `Retry-After`. The API key is read from the environment variable that the settings name; it lives
+jitter, honouring `Retry-After`, for `retry_window_s` (minutes by default: a restarting server is waited out), then
+raise `LLMUnavailable`, which the runtimes treat as transient. An outage is logged once when it starts and once when
+it ends, not per retry. The API key is read from the environment variable that the settings name; it lives
 only in the client's headers and is never logged, shown in a repr, or put in an error.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import os
 import random
 import threading
@@ -22,8 +25,9 @@ from typing import Any, TypeVar
 import httpx
 
 from lema.config import LLMSettings
-from lema.llm.base import Completion, GenerationRequest, LLMError, TokenUsage
+from lema.llm.base import Completion, GenerationRequest, LLMError, LLMUnavailable, TokenUsage
 
+log = logging.getLogger(__name__)
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 T = TypeVar("T")
@@ -58,6 +62,8 @@ class OpenAIBackend:
             limits=httpx.Limits(max_connections=settings.max_concurrency),
         )
         self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self._failing = False
+        """Whether the server is failing now; touched only on the backend's loop, so it needs no lock."""
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self.model!r}, url={self._url!r})"
@@ -113,19 +119,36 @@ class OpenAIBackend:
         }
         if params.stop:
             body["stop"] = list(params.stop)
-        retries = 0
+        retries, first_failure = 0, 0.0
         while True:
             try:
                 async with self._slots:  # held per attempt, not while backing off
-                    return await self._post(body)
+                    completion = await self._post(body)
             except _Retryable as failure:
-                if retries == self._settings.max_retries:
-                    raise LLMError(
+                first_failure = first_failure or time.monotonic()
+                waited = time.monotonic() - first_failure
+                if waited >= self._settings.retry_window_s:
+                    raise LLMUnavailable(
                         f"model {self.model!r} at {self._url}: {failure.reason}, "
-                        f"still failing after {retries + 1} attempts"
+                        f"still failing after {retries + 1} attempts over {waited:.1f} s (llms.*.retry_window_s)"
                     ) from None
-                await asyncio.sleep(self._backoff(retries, failure.delay))
+                if not self._failing:
+                    self._failing = True
+                    log.warning(
+                        "model %r at %s: %s; retrying for up to %g s",
+                        self.model,
+                        self._url,
+                        failure.reason,
+                        self._settings.retry_window_s,
+                    )
+                delay = self._backoff(retries, failure.delay)
+                await asyncio.sleep(min(delay, max(0.0, self._settings.retry_window_s - waited)))
                 retries += 1
+                continue
+            if self._failing:
+                self._failing = False
+                log.warning("model %r at %s answers again", self.model, self._url)
+            return completion
 
     async def _post(self, body: dict[str, Any]) -> Completion:
         try:

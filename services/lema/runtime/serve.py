@@ -3,7 +3,8 @@
 Lifecycle, top to bottom: load what the service computes with (its LLMs, the checker) so that SERVING means ready →
 `/metrics` → gRPC SERVING → consume its topics (bus.kind 'kafka') → on SIGTERM or SIGINT: health NOT_SERVING and
 in-flight calls drained, while the worker finishes and commits its batch → the dataset writer writes its files →
-resources closed.
+resources closed. While the broker, the store or an LLM is unavailable, health is NOT_SERVING and the worker waits
+for it (`lema.runtime.failures`); the process stays up.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from lema.bus.kafka import ensure_topics
 from lema.pipeline import DatasetWriterWorker, Resources, Worker, build_worker
 from lema.runtime import metrics
 from lema.runtime.dataset_writer import DurableDatasetWriter, save_run_config
+from lema.runtime.failures import BROKER, LLM, STORE, Dependencies, Interrupted, retry_transient
 from lema.runtime.grpc_server import GrpcServer
 from lema.runtime.kafka_worker import KafkaWorker
 from lema.runtime.services import service_bindings
@@ -45,6 +47,7 @@ class ServiceProcess:
         self.stop = threading.Event()
         """Set it (the CLI does on SIGTERM/SIGINT) to shut the service down gracefully."""
         self.resources = Resources(settings)
+        self.dependencies = Dependencies(service)
 
     def run(self) -> None:
         """Serve until `stop` is set; returns after a graceful shutdown."""
@@ -52,11 +55,17 @@ class ServiceProcess:
         self._serve_metrics()
         server = GrpcServer(self.settings.server, service_bindings(self.service, self.settings, self.resources))
         server.start()
+        self.dependencies.on_change(server.set_serving)
+        for dependency in self._dependency_names():
+            self.dependencies.up(dependency)  # the gauge starts at 1 rather than absent
         shutdown = threading.Thread(target=self._stop_server_on_signal, args=(server,), name="grpc-shutdown")
         shutdown.start()
         try:
             if self.settings.bus.kind == "kafka":
-                self._consume()
+                try:
+                    self._consume()
+                except Interrupted as exc:
+                    log.info("%s: %s", self.service, exc)
             else:
                 # Wake up now and then: a signal caught by another thread runs its handler only when the main
                 # thread next executes Python code, and an untimed wait would never return to it.
@@ -67,6 +76,11 @@ class ServiceProcess:
             shutdown.join()
             self.resources.close()
         log.info("%s: stopped", self.service)
+
+    def _dependency_names(self) -> list[str]:
+        names = [BROKER] if self.settings.bus.kind == "kafka" else []
+        names += [STORE] if self.service == "dataset-writer" else []
+        return names + ([LLM] if llms_of(self.service, self.settings) else [])
 
     def _load_resources(self) -> None:
         for name in llms_of(self.service, self.settings):
@@ -84,18 +98,37 @@ class ServiceProcess:
         server.stop()
 
     def _consume(self) -> None:
-        bus = self.settings.bus
-        ensure_topics(bus, Topics.ALL, self.settings.topics.partitions, self.settings.topics.replication_factor)
+        """Set up (waiting for the broker and store if they are not up yet), then consume until stopped."""
+        bus, topics = self.settings.bus, self.settings.topics
+        retry_transient(
+            lambda: ensure_topics(bus, Topics.ALL, topics.partitions, topics.replication_factor),
+            self.dependencies,
+            self.stop,
+        )
         worker: Worker = build_worker(self.service, self.settings, self.resources)
         writer = None
         if isinstance(worker, DatasetWriterWorker):
-            store = create_store(self.settings.store)
-            save_run_config(store, self.settings)
-            worker = writer = DurableDatasetWriter(worker, store, self.settings.run.name)
+            sink = worker
+            worker = writer = retry_transient(lambda: self._durable_writer(sink), self.dependencies, self.stop)
         client_id = f"{bus.group_prefix}{self.service}-{socket.gethostname()}-{os.getpid()}"
-        kafka = KafkaWorker(worker, bus, client_id=client_id, on_idle=writer.flush if writer else None)
+        kafka = retry_transient(
+            lambda: KafkaWorker(
+                worker,
+                bus,
+                client_id=client_id,
+                on_idle=writer.flush if writer else None,
+                dependencies=self.dependencies,
+            ),
+            self.dependencies,
+            self.stop,
+        )
         try:
             kafka.run(self.stop)
         finally:
-            if writer is not None:
-                writer.flush()
+            if writer is not None and self.dependencies.all_up:
+                writer.flush()  # with the store down, the shards already hold every record; the next start writes
+
+    def _durable_writer(self, worker: DatasetWriterWorker) -> DurableDatasetWriter:
+        store = create_store(self.settings.store)
+        save_run_config(store, self.settings)
+        return DurableDatasetWriter(worker, store, self.settings.run.name)

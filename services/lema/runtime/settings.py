@@ -33,6 +33,9 @@ class ServerSettings(Section):
         1.0, ge=0, description="After SIGTERM, how long health says NOT_SERVING before new calls are refused."
     )
     grace_s: float = Field(30.0, ge=0, description="After that, how long in-flight calls get to finish.")
+    bind_retry_s: float = Field(
+        15.0, ge=0, description="How long a taken gRPC port is retried before the service gives up."
+    )
 
     @model_validator(mode="after")
     def _tls_needs_both_files(self) -> ServerSettings:
