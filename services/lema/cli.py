@@ -82,6 +82,9 @@ app.command("submit")(submit_command)
 from lema.dataset.cli import dataset_app  # noqa: E402
 
 app.add_typer(dataset_app, name="dataset")
+from lema.runtime.dlq import app as dlq_app  # noqa: E402
+
+app.add_typer(dlq_app, name="dlq")
 
 
 def user_errors() -> tuple[type[Exception], ...]:

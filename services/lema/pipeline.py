@@ -188,17 +188,19 @@ class EvolverWorker:
             state.remember(_typed(records, Question))
             return []
         settings = self.settings.evolve
-        candidates: dict[str, tuple[Question, str]] = {}
+        seeds_by_id: dict[str, Question] = {}
+        corrections: dict[str, list[str]] = {}  # seed id -> ids of this batch's corrections of it, in order
         for item in _typed(records, CorrectedAttempt):
             question = item.question
             if settings.enabled and question.round < settings.rounds:
-                candidates.setdefault(question.id, (question, item.correction.id))
-        if not candidates:
+                seeds_by_id.setdefault(question.id, question)
+                corrections.setdefault(question.id, []).append(item.correction.id)
+        if not seeds_by_id:
             return []
-        owners = state.claim({seed_id: claimant for seed_id, (_, claimant) in candidates.items()})
-        mine = {seed: owners[seed] for seed, (_, claimant) in candidates.items() if owners[seed].claimant == claimant}
+        owners = state.claim({seed_id: ids[0] for seed_id, ids in corrections.items()})
+        mine = {seed_id: owner for seed_id, owner in owners.items() if owner.claimant in corrections[seed_id]}
         done = [owner for owner in mine.values() if owner.done]  # redelivered: publish what was recorded
-        seeds = [candidates[seed_id][0] for seed_id, owner in mine.items() if not owner.done]
+        seeds = [seeds_by_id[seed_id] for seed_id, owner in mine.items() if not owner.done]
         if seeds:
             state.remember(seeds)
             voters = [self.resources.llm(m) for m in (settings.answer_models or self.settings.sample.models)]

@@ -105,8 +105,7 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(
     store = StoreSettings.model_validate(settings["store"])
     tracker = FlowTracker(bus, store, "killed", services=("checker", "dataset-writer"))
     try:
-        written = tracker.wait(timeout_s=240)
-        delivered = tracker.counts()
+        report = tracker.wait(timeout_s=240)
     finally:
         tracker.close()
     for service in services.values():
@@ -119,8 +118,9 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(
     assert set(cot_ids) == right, f"lost {len(right - set(cot_ids))} records"
     verified = {c.correction.id for c in corrections if c.correction.corrected_solution.endswith(f" {c.question.gold}")}
     correction_ids = [e.id for e in examples.corrections]
-    assert len(correction_ids) == len(set(correction_ids)) and set(correction_ids) == verified, written
-    assert written["mistakes"] == len(attempts) - len(right)
-    assert written["drops"] == len(corrections) - len(verified)
-    assert delivered[Topics.DLQ] == 0
+    assert len(correction_ids) == len(set(correction_ids)) and set(correction_ids) == verified, report
+    assert report.in_dataset is not None and report.differences == {}
+    assert report.in_dataset["mistakes"] == len(attempts) - len(right)
+    assert report.in_dataset["drops"] == len(corrections) - len(verified)
+    assert report.dead_lettered == {} and report.in_flight == {}
     assert "positioned by the sink" in services["dataset-writer"].tail(100_000)

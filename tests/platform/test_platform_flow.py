@@ -140,6 +140,10 @@ def test_topic_flow_gives_the_embedded_dataset_and_dead_letters_malformed_messag
         [RawMessage(topic, f"bad-{topic}".encode(), b"\x00 not protobuf", []) for topic in input_topics]
     )
     producer.close()
+    # Every group that reads a topic dead-letters its malformed message; wait for them, so that they come before
+    # the submission and its exit code (3 when something is dead-lettered while it follows the run).
+    expected = {(platform.bus.group_prefix + s, t) for s, topics in SERVICE_INPUTS.items() for t in topics}
+    letters = read_topics(platform.bus, [Topics.DLQ], expected=len(expected), timeout_s=300)
 
     submitted = subprocess.run(
         [
@@ -185,8 +189,6 @@ def test_topic_flow_gives_the_embedded_dataset_and_dead_letters_malformed_messag
     assert platform.store.exists(f"{RUN}/config.yaml") and platform.store.exists(f"{RUN}/prompts/correct-gsm8k.yaml")
 
     # Every group that reads a topic dead-lettered its malformed message, with the reason, and carried on.
-    expected = {(platform.bus.group_prefix + s, t) for s, topics in SERVICE_INPUTS.items() for t in topics}
-    letters = read_topics(platform.bus, [Topics.DLQ], expected=len(expected))
     seen = set()
     for letter in letters:
         headers = dict(letter.headers)

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from lema.bus.kafka import BusError
+from lema.bus.kafka import BusError, client_options
 from lema.config import BusSettings
 from lema.evolver_state.base import Evolution
 from lema.records import Question
@@ -37,7 +37,7 @@ _QUESTION, _SEED = "question/", "seed/"
 def ensure_state_topic(settings: BusSettings) -> str:
     """Create the compacted state topic if it does not exist; returns its full name."""
     name = settings.topic_prefix + STATE_TOPIC
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="lema-admin")
+    admin = KafkaAdminClient(**client_options(settings), client_id="lema-admin")
     try:
         if name not in set(admin.list_topics()):
             spec = {"num_partitions": 1, "replication_factor": -1, "configs": {"cleanup.policy": "compact"}}
@@ -54,14 +54,14 @@ class KafkaEvolverState:
         self._evolutions: dict[str, Evolution] = {}
         self._partition = TopicPartition(ensure_state_topic(settings), 0)
         self._producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **client_options(settings),
             client_id=f"{client_id}-state",
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
         )
         self._consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **client_options(settings),
             client_id=f"{client_id}-state",
             enable_auto_commit=False,
             fetch_max_wait_ms=100,
@@ -125,13 +125,17 @@ class KafkaEvolverState:
             raise BusError(f"kafka: an evolver state entry was not acknowledged: {exc}") from exc
 
     def _catch_up(self, until: int | None = None) -> None:
-        """Apply every entry up to `until` (default: the partition's current end)."""
+        """Apply every entry up to `until` (default: the partition's current end).
+
+        The end is the larger of the broker's end offset and the last fetch's high watermark: Tansu's end offset is
+        the last batch's base offset + 1, short of the batch's other entries.
+        """
         try:
             end = until if until is not None else self._consumer.end_offsets([self._partition])[self._partition]
         except KafkaError as exc:
             raise BusError(f"kafka: cannot read the end of {self._partition.topic}: {exc}") from exc
         deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-        while self._consumer.position(self._partition) < end:
+        while self._consumer.position(self._partition) < max(end, self._consumer.highwater(self._partition) or 0):
             if time.monotonic() > deadline:
                 raise BusError(f"kafka: {self._partition.topic} not read up to offset {end} in {CATCH_UP_TIMEOUT_S}s")
             for records in self._consumer.poll(timeout_ms=500, max_records=10_000).values():

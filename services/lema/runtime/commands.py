@@ -194,11 +194,14 @@ def submit_command(
     follow: Annotated[bool, typer.Option(help="Print progress until the flow has settled.")] = True,
     timeout_s: Annotated[float, typer.Option(help="Give up following after this many seconds.")] = 3600.0,
 ) -> None:
-    """Publish a question file to the running platform's `questions` topic and follow the run to its dataset."""
+    """Publish a question file to the running platform's `questions` topic and follow the run to its dataset.
+
+    Exit code: 0 settled and clean; 1 not settled within --timeout-s; 3 settled, but messages were dead-lettered
+    meanwhile (`lema dlq list`); 4 settled, but the dataset does not count what the topics hold."""
     from lema.bus.base import Message, Topics
     from lema.bus.kafka import KafkaBus, ensure_topics
     from lema.inputs import InputError, load_questions
-    from lema.runtime.progress import FlowTracker
+    from lema.runtime.progress import FlowReport, FlowTracker
     from lema.store import create_store
 
     settings = _load(config, overrides)
@@ -209,30 +212,40 @@ def submit_command(
         raise typer.Exit(2) from None
     bus_settings = settings.bus
     ensure_topics(bus_settings, Topics.ALL, settings.topics.partitions, settings.topics.replication_factor)
+    store = create_store(settings.store)
+    tracker = FlowTracker(bus_settings, settings.store, settings.run.name) if follow else None
     bus = KafkaBus(bus_settings, client_id="lema-submit")
     try:
         bus.publish([Message(Topics.QUESTIONS, q.key, q) for q in loaded])
     finally:
         bus.close()
     typer.echo(f"submitted {len(loaded)} questions to {bus_settings.topic_prefix}{Topics.QUESTIONS}")
-    if not follow:
+    if tracker is None:
         return
-    store = create_store(settings.store)
-    tracker = FlowTracker(bus_settings, settings.store, settings.run.name)
     last_report = 0.0
 
-    def report(counts: dict[str, int]) -> None:
+    def progress(report: FlowReport) -> None:
         nonlocal last_report
         if time.monotonic() - last_report >= 5:
             last_report = time.monotonic()
-            typer.echo("  " + "  ".join(f"{topic}={n}" for topic, n in counts.items()))
+            typer.echo("  " + "  ".join(f"{topic}={n}" for topic, n in report.on_topic.items()))
 
     try:
-        written = tracker.wait(timeout_s, report)
+        report = tracker.wait(timeout_s, progress)
     except TimeoutError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     finally:
         tracker.close()
-    typer.echo(f"done: {written}; dataset table at {store.uri(settings.run.name)}/table")
+    typer.echo("\n".join(report.lines()))
+    typer.echo(f"done: {report.in_dataset}; dataset table at {store.uri(settings.run.name)}/table")
     typer.echo(f"files: lema dataset export {settings.run.name} (with the same --config/--set)")
+    if report.new_dead_letters:
+        typer.echo(
+            f"warning: {report.new_dead_letters} message(s) were dead-lettered during this run; see `lema dlq list`",
+            err=True,
+        )
+        raise typer.Exit(3)
+    if report.differences:
+        typer.echo("warning: the dataset does not count what the topics hold (see the lines marked !)", err=True)
+        raise typer.Exit(4)
