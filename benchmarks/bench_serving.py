@@ -203,7 +203,7 @@ async def correct_rate(target: str, concurrency: int, calls: int, offset: int) -
     return rate
 
 
-def correct_concurrency(max_tokens: int, logs: Path) -> None:
+def correct_concurrency(max_tokens: int, calls_alone: int, logs: Path) -> None:
     config = logs / "corrector.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -216,9 +216,9 @@ def correct_concurrency(max_tokens: int, logs: Path) -> None:
     port = free_port()
     target = f"127.0.0.1:{port}"
     with process(serve_args("corrector", port, config), grpc_healthy(target), "lema serve corrector", logs / "c.log"):
-        asyncio.run(correct_rate(target, 1, 2, offset=10_000))  # warm-up
-        alone = asyncio.run(correct_rate(target, 1, 6, offset=0))
-        shared = asyncio.run(correct_rate(target, 16, 48, offset=100))
+        asyncio.run(correct_rate(target, 1, 1, offset=10_000))  # warm-up
+        alone = asyncio.run(correct_rate(target, 1, calls_alone, offset=0))
+        shared = asyncio.run(correct_rate(target, 16, 4 * calls_alone, offset=100))
     print(f"\n2. gRPC Correct on SmolLM2 (transformers, max_tokens {max_tokens}, batch 16)")
     print(
         f"concurrency 1: {alone:.2f} calls/s; concurrency 16: {shared:.2f} calls/s; {shared / alone:.2f}x (target >= 4)"
@@ -337,6 +337,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=600, help="Kafka input messages per stage")
     parser.add_argument("--batch-size", type=int, default=64, help="messages per Kafka batch")
     parser.add_argument("--max-tokens", type=int, default=24, help="SmolLM2 tokens per Correct / sample call")
+    parser.add_argument("--correct-calls", type=int, default=4, help="Correct calls at c=1 (x4 at c=16)")
     parser.add_argument("--questions", type=int, default=24, help="questions (x2 samples) for the sample stage")
     parser.add_argument("--concurrency", type=int, default=16, help="the LLM server's batch and the clients' window")
     parser.add_argument("--echo-port", type=int, help=argparse.SUPPRESS)
@@ -350,7 +351,7 @@ def main() -> None:
         if "grpc" not in skip:
             grpc_check(args.calls, logs)
         if "correct" not in skip:
-            correct_concurrency(args.max_tokens, logs)
+            correct_concurrency(args.max_tokens, args.correct_calls, logs)
         if "kafka" not in skip:
             kafka_stages(args.messages, args.batch_size)
         if "sample" not in skip:

@@ -296,19 +296,31 @@ def process_windowed(
     """
     in_flight: deque[tuple[int, Future[list[Message]]]] = deque()
     pool = ThreadPoolExecutor(depth, thread_name_prefix=worker.name)
+    finished = False
     try:
         for batch in batches:
             in_flight.append((len(batch), pool.submit(worker.process, topic, batch)))
             if len(in_flight) == depth:
                 count, outputs = in_flight.popleft()
-                yield count, outputs.result()
+                yield count, _wait(outputs)
         while in_flight:
             count, outputs = in_flight.popleft()
-            yield count, outputs.result()
+            yield count, _wait(outputs)
+        finished = True
     finally:
         # Interrupted (Ctrl-C, a failed batch): batches not started are dropped, and nothing waits for the others;
         # closing the backends makes their calls fail, and their results were never published.
-        pool.shutdown(wait=not in_flight, cancel_futures=True)
+        pool.shutdown(wait=finished, cancel_futures=True)
+
+
+def _wait(future: Future[list[Message]]) -> list[Message]:
+    """The future's result, waited for in short timed waits: a signal (Ctrl-C) that the kernel hands to another
+    thread runs its Python handler only once the main thread executes again, which an untimed wait never does."""
+    while True:
+        try:
+            return future.result(timeout=0.2)
+        except TimeoutError:
+            continue
 
 
 def build_worker(name: str, settings: LemaSettings, resources: Resources) -> Worker:
