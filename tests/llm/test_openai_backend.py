@@ -186,7 +186,7 @@ def test_unreachable_server_is_reported() -> None:
 
 def test_time_queued_behind_the_concurrency_cap_is_not_part_of_the_timeout() -> None:
     with FaultyServer(delay_s=0.2) as server:
-        backend = backend_for(server, max_concurrency=1, timeout_s=1.0, max_retries=0)
+        backend = backend_for(server, max_concurrency=1, timeout_s=1.0, retry_window_s=0)
         try:
             results = backend.generate([ask(f"question {i}", seed=i) for i in range(10)])  # 2 s in all
         finally:

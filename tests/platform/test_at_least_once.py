@@ -49,7 +49,12 @@ def flow() -> tuple[list[Question], list[Attempt], list[CorrectedAttempt]]:
                 question_id=a.question.id,
                 incorrect_step=1,
                 explanation="Added wrong.",
-                corrected_solution=f"The answer is {int(a.question.gold) + (a.path.sample_index % 2)}",
+                # Passes the verify gates (restarts at the named step, arithmetic right); odd samples miss the gold.
+                corrected_solution=(
+                    f"Step 1: {int(a.question.gold)} + {a.path.sample_index % 2} = "
+                    f"{int(a.question.gold) + a.path.sample_index % 2}.\n"
+                    f"The answer is {int(a.question.gold) + a.path.sample_index % 2}"
+                ),
                 answer=None,
                 corrector_model="smollm2-135m",
                 prompt_version="correct-gsm8k@test",

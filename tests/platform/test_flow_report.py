@@ -13,7 +13,6 @@ from lema.config import StoreSettings
 from lema.records import Attempt, Question, ReasoningPath
 from lema.runtime.infra import LocalBroker, LocalS3
 from lema.runtime.progress import FlowTracker
-from lema.store import create_store
 
 QUESTIONS = [
     Question.create(f"A shop sells {i} pens a day for {i + 2} days. How many?", str(i * (i + 2)), "gsm8k", f"s:{i}")
@@ -29,7 +28,7 @@ def test_a_stray_record_and_a_dead_letter_are_reported_and_the_flow_settles(
     settings = {"run": {"name": "report"}, "bus": bus.model_dump(), "store": store_settings(s3, "flow-report")}
     config = write_config(tmp_path / "config.yaml", settings)
     ensure_topics(bus, Topics.ALL, partitions=2, replication_factor=1)
-    store = create_store(StoreSettings.model_validate(settings["store"]))
+    store = StoreSettings.model_validate(settings["store"])
     writer = ServiceChild("dataset-writer", config, logs / "writer.log", s3_env(s3)).start()
     tracker = FlowTracker(bus, store, "report", services=("dataset-writer",))
     try:

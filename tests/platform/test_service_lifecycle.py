@@ -68,7 +68,7 @@ def test_bad_configuration_fails_fast_naming_the_field(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 2
-    assert f"{config}: server.grpc_port: Input should be a valid integer" in done.stderr
+    assert f"{config}:2: server.grpc_port: Input should be a valid integer" in done.stderr
     unknown = subprocess.run(
         [sys.executable, "-m", "lema.cli", "serve", "painter"],
         check=False,

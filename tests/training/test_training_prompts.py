@@ -8,7 +8,7 @@ import pytest
 
 from lema.config import LLMSettings
 from lema.llm.base import GenerationRequest
-from lema.llm.factory import create_backend
+from lema.llm.transformers_backend import TransformersBackend
 from lema.prompts import format_choices, load_prompt
 from lema.records import GenerationParams, Question
 from lema.stages.dataset import question_input
@@ -45,7 +45,7 @@ def test_a_correction_example_keeps_the_system_prompt_without_the_one_shot_solut
 def test_training_tokens_are_the_tokens_eval_prompts_with(tiny_llama_dir: Path) -> None:
     from transformers import AutoTokenizer
 
-    backend = create_backend(LLMSettings(backend="transformers", model=str(tiny_llama_dir)))
+    backend = TransformersBackend(LLMSettings(backend="transformers", model=str(tiny_llama_dir)))  # unwrapped
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     try:
         for question in QUESTIONS:

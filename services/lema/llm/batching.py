@@ -82,12 +82,23 @@ class BatchingBackend:
             self._changed.notify()
 
     def close(self) -> None:
+        """Stop, wait for an idle engine thread to end, then close the wrapped backend.
+
+        Joining matters: a thread that ran torch kernels and is still alive when the interpreter exits makes
+        libstdc++ abort the process ("terminate called without an active exception") after a successful run.
+        """
         self.stop()
+        with self._changed:
+            idle = not self._running
+        if idle:
+            self._engine.join()
         self._backend.close()
 
     def _serve(self) -> None:
         while batch := self._next_batch():
             self._run(batch)
+            with self._changed:
+                self._running = []
 
     def _next_batch(self) -> list[_Job]:
         """The oldest job plus whatever joins it within the wait, up to the batch size; [] once stopped and empty."""
