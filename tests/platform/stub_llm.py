@@ -29,7 +29,7 @@ def answer(body: dict[str, Any]) -> str:
     number = f"{golds[0] + (digest[0] % 3 == 0):g}" if golds else str(digest[0] % 20)
     return (
         "Incorrect step: 1\nExplanation: the count was off.\n"
-        f"Corrected solution:\nStep 1: count carefully.\nThe answer is {number}"
+        f"Corrected solution:\nStep 1: {number} + 0 = {number}.\nThe answer is {number}"
     )
 
 

@@ -24,12 +24,15 @@ from platform_testing import REPO, ServiceChild, bus_settings, read_topics, star
 
 from lema.bus.base import Message, Topics
 from lema.bus.kafka import KafkaBus, RawMessage
-from lema.config import BusSettings, StoreSettings
+from lema.config import BusSettings, LemaSettings, StoreSettings, load_settings
+from lema.dataset import DatasetSinkError, create_sink
+from lema.dataset.reader import export
 from lema.inputs import load_questions
 from lema.runtime.infra import LocalBroker, LocalS3, free_port, wait_for_port
 from lema.runtime.progress import SERVICE_INPUTS
 from lema.store import create_store
 from lema.store.base import ArtifactStore
+from lema.store.local import LocalStore
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
@@ -175,11 +178,16 @@ def comparable(name: str, text: str) -> list[str]:
     return [json.dumps({key: summary.get(key)}, sort_keys=True) for key in SUMMARY_COUNTS]
 
 
-def platform_dataset(store: ArtifactStore) -> dict[str, list[str]]:
+def platform_dataset(platform: Platform) -> dict[str, list[str]]:
+    """The platform's dataset as `lema dataset export` writes it, read from the table the writers append to."""
+    settings = load_settings(platform.config, [], settings_cls=LemaSettings)
     try:
-        return {name: comparable(name, store.get_bytes(f"{RUN}/{name}").decode()) for name in DATASET_FILES}
-    except KeyError:
+        sink = create_sink(settings, writer="faults-test", create=False)
+    except DatasetSinkError:  # no writer has created the table yet
         return {name: [] for name in DATASET_FILES}
+    exported = LocalStore(platform.tmp / "exported")
+    export(sink, RUN, exported, "", settings.dataset)
+    return {name: comparable(name, exported.get_bytes(name).decode()) for name in DATASET_FILES}
 
 
 def feed_next_chunk(platform: Platform) -> None:
@@ -208,10 +216,10 @@ def drill(platform: Platform, fault: Callable[[], None], evidence: str) -> None:
     fault()
     fault_ended = time.monotonic()
     deadline = fault_ended + SETTLE_TIMEOUT_S
-    got = platform_dataset(platform.store)
+    got = platform_dataset(platform)
     while got != expected and time.monotonic() < deadline:
         time.sleep(0.5)
-        got = platform_dataset(platform.store)
+        got = platform_dataset(platform)
     caught_up = time.monotonic()
     assert got["run_summary.json"] == expected["run_summary.json"], "the run summary's counts differ"
     for name in DATASET_FILES[:2]:
