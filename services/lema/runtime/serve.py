@@ -118,11 +118,10 @@ class ServiceProcess:
             on_batch, on_assign = table.commit, table.positions
             # Larger batches than the model services: each one is a table commit, whose cost is mostly fixed.
             bus = bus.model_copy(update={"batch_size": self.settings.dataset.writer_batch_size})
-        consumer_bus = bus
         kafka = retry_transient(
             lambda: KafkaWorker(
                 worker,
-                consumer_bus,
+                bus,
                 client_id=client_id,
                 on_batch=on_batch,
                 on_assign=on_assign,
