@@ -1,8 +1,8 @@
 """Checks per second of `lema.checker` against raw Math-Verify `parse` + `verify`, on the same pairs in one run.
 
 Two sets of (response, gold) pairs, half right and half wrong:
-- GSM8K-style numeric pairs: each real GSM8K test solution rewritten as a model response ending "The answer is N."
-  (N perturbed for every other one), gold the bare number (the first 200 only warm both sides up);
+- GSM8K-style numeric pairs: each real GSM8K solution in examples/data rewritten as a model response ending
+  "The answer is N." (N perturbed for every other one), gold the bare number (the first 200 only warm both sides up);
 - MATH-style LaTeX pairs: responses ending in `\\boxed{}` with fractions, roots, pi, intervals, tuples, sets,
   polynomials, equations, matrices and text, stated in an equivalent or a wrong form, gold in its usual form.
 
@@ -42,7 +42,7 @@ from lema.checker.numbers import parse_number
 from lema.config import CheckerSettings
 from lema.records import Task
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
 Pair = tuple[str, str]  # (response, gold)
 
 
@@ -199,7 +199,7 @@ def startup(name: str, pairs: list[Pair], workers: int) -> None:
         source, loop = Path(folder) / "in.jsonl", Path(folder) / "loop.py"
         source.write_text("".join(json.dumps({"response": r, "gold": g}) + "\n" for r, g in pairs), encoding="utf-8")
         loop.write_text(_MATH_VERIFY_LOOP, encoding="utf-8")
-        lema = [sys.executable, "-m", "lema.cli", "check", "--task", "math", "-i", str(source)]
+        lema = [str(Path(sys.executable).with_name("lema")), "check", "--task", "math", "-i", str(source)]
         lema += ["-o", str(Path(folder) / "out.jsonl"), "--set", f"checker.workers={workers}"]
         lema_s = _run_seconds(lema)
         loop_s = _run_seconds([sys.executable, str(loop), str(source)])
@@ -227,7 +227,7 @@ def main() -> None:
     startup("LaTeX-only answers, one-off command", math_pairs(args.startup_lines, seed=3), args.workers)
     if args.only_startup:
         return
-    numeric = gsm8k_pairs(SHARED_DATA / "gsm8k_test.jsonl")
+    numeric = gsm8k_pairs(EXAMPLE_DATA / "gsm8k_test.jsonl") + gsm8k_pairs(EXAMPLE_DATA / "gsm8k_train.jsonl")
     compare("GSM8K-style numeric pairs", numeric[200:], numeric[:200], "gsm8k", args.workers, 20)
     latex = math_pairs(args.math_pairs, seed=1)
     compare("MATH-style LaTeX pairs", latex, math_pairs(100, seed=0), "math", args.workers, 1)

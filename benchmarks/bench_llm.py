@@ -25,7 +25,7 @@ from lema.llm.models import resolve_model_dir
 from lema.llm.transformers_backend import TransformersBackend
 from lema.records import GenerationParams
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
 MODES = {
     "greedy": GenerationParams(temperature=0.0),
     "sampled": GenerationParams(temperature=0.7, top_p=0.95),
@@ -75,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", default="1,4,16")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--questions", type=Path, default=SHARED_DATA / "gsm8k_test.jsonl")
+    parser.add_argument("--questions", type=Path, default=EXAMPLE_DATA / "gsm8k_test.jsonl")
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help="Model cache; default $LEMA_CACHE_DIR or ~/.cache/lema"
     )

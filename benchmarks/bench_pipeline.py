@@ -25,7 +25,7 @@ from lema.llm.factory import create_backend
 from lema.llm.models import resolve_model_dir
 from lema.runtime.embedded import EmbeddedPipeline
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k_test.jsonl"
+EXAMPLE_QUESTIONS = Path(__file__).resolve().parents[1] / "examples" / "data" / "gsm8k_test.jsonl"
 
 
 class Capturing:
@@ -102,7 +102,7 @@ def main() -> None:
             [
                 f"run.work_dir={tmp}/work",
                 f"store.root={tmp}/store",
-                f"input.path={SHARED}",
+                f"input.path={EXAMPLE_QUESTIONS}",
                 f"input.limit={args.questions}",
                 f"llms.smollm2.batch_size={args.batch_size}",
                 f"sample.batch_size={args.batch_size}",

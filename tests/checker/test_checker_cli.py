@@ -153,6 +153,22 @@ def test_the_command_writes_clean_jsonl_to_stdout_with_workers_running(tmp_path:
     ]
 
 
+def test_a_bad_line_in_a_latex_file_is_one_line_although_the_workers_were_starting(tmp_path: Path) -> None:
+    """`--task math` starts the symbolic workers before reading the input; a bad line stops them quietly."""
+    source = _write(tmp_path / "in.jsonl", [{"response": "\\boxed{x}", "gold": "x"}, "{oops"])
+    completed = subprocess.run(
+        [sys.executable, "-m", "lema.cli", "check", "--task", "math", "--input", str(source)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 2
+    assert completed.stdout == ""
+    assert completed.stderr.splitlines() == [
+        f"error: {source}:2: invalid JSON: Expecting property name enclosed in double quotes (column 2)"
+    ]
+
+
 def test_bad_input_of_every_kind_is_one_line_and_the_rest_is_checked(tmp_path: Path) -> None:
     source = tmp_path / "in.jsonl"
     huge = "9" * 5_000  # past Python's 4,300-digit conversion limit

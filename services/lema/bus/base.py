@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from lema.records import Record
+if TYPE_CHECKING:
+    from lema.records import Record
 
 
 class Topics:

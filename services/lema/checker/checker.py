@@ -27,7 +27,7 @@ from lema.checker.numbers import (
     parse_number_list,
     percent_policy_for,
 )
-from lema.checker.pool import SymbolicPool
+from lema.checker.pool import SymbolicPool, WorkerTemplate
 from lema.config import CheckerSettings
 from lema.records import Task
 
@@ -63,11 +63,18 @@ class Checker:
     Thread-safe: `check` may be called from any thread, e.g. a gRPC server's handler threads.
     """
 
-    def __init__(self, settings: CheckerSettings | None = None, *, patterns: Sequence[str] = ()) -> None:
-        """`patterns`: extra answer regexes (the first group is the answer), for prompts with their own format."""
+    def __init__(
+        self,
+        settings: CheckerSettings | None = None,
+        *,
+        patterns: Sequence[str] = (),
+        template: WorkerTemplate | None = None,
+    ) -> None:
+        """`patterns`: extra answer regexes (the first group is the answer), for prompts with their own format;
+        `template`: the symbolic workers' template, started early by a caller that knows LaTeX is coming."""
         self._settings = settings or CheckerSettings()
         self._patterns = compile_patterns(patterns)
-        self._pool = SymbolicPool(self._settings.workers, self._settings.timeout_s)
+        self._pool = SymbolicPool(self._settings.workers, self._settings.timeout_s, template)
 
     def __enter__(self) -> Checker:
         return self

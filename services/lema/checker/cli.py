@@ -13,13 +13,13 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TextIO
 
 import typer
 
-from lema.checker import Checker, CheckItem
-from lema.config import LemaSettings, load_settings
-from lema.records import Task
+if TYPE_CHECKING:
+    from lema.checker import CheckItem
+    from lema.records import Task
 
 _BATCH = 256  # items handed to check_batch at once: output appears as it is decided
 
@@ -58,6 +58,14 @@ def check_command(
     ] = None,
 ) -> None:
     """Check responses against gold answers (GSM8K numbers, MATH LaTeX, multiple choice)."""
+    from lema.checker.pool import WorkerTemplate
+
+    # LaTeX answers need the symbolic workers, whose start (importing sympy and Math-Verify) is the slowest part of a
+    # one-off command: it runs on another core while this process loads its settings and reads the input.
+    template = WorkerTemplate() if task == "math" else None
+    from lema.checker import Checker, CheckItem
+    from lema.config import LemaSettings, load_settings
+
     try:
         settings = load_settings(config, overrides or [], LemaSettings)
         requests = list(read_requests(input_path, task))
@@ -65,9 +73,13 @@ def check_command(
             bad = next((request for request in requests if isinstance(request, BadLine)), None)
             if bad is not None:
                 raise bad
-        checker = Checker(settings.checker, patterns=patterns or ())
-    except ValueError as exc:  # a bad setting, input line or answer pattern
-        typer.echo(f"error: {exc}", err=True)
+        checker = Checker(settings.checker, patterns=patterns or (), template=template)
+    except BaseException as exc:
+        if template is not None:
+            template.stop()
+        if not isinstance(exc, ValueError):
+            raise
+        typer.echo(f"error: {exc}", err=True)  # a bad setting, input line or answer pattern
         raise typer.Exit(2) from None
     if not requests:
         typer.echo(f"{input_path}: no check requests (the file has no non-blank lines)", err=True)
@@ -106,6 +118,8 @@ def _json_line(line: dict[str, Any]) -> str:
 
 def read_requests(path: Path, task: Task) -> Iterator[CheckItem | BadLine]:
     """Each non-blank line as a `CheckItem`, or as a `BadLine` saying what is wrong with it."""
+    from lema.checker import CheckItem
+
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
             where = f"{path}:{number}"

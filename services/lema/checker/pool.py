@@ -10,7 +10,8 @@ answer of each shape once; a fork starts warm in milliseconds, so a killed worke
 template is a plain subprocess, not a multiprocessing child (those re-import the caller's main module, which breaks
 scripts without a `__main__` guard), and it is single-threaded, so forking it is safe where forking a threaded
 server would not be. It starts when the first symbolic check is found (`start`), while the caller goes on deciding the
-rest on the fast paths; a checker that only ever sees numbers never starts it.
+rest on the fast paths; a checker that only ever sees numbers never starts it. A caller that knows symbolic checks
+are coming (`lema check --task math`) may start a `WorkerTemplate` before anything else and hand it to the pool.
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ class _Worker:
         self._connection.close()
 
 
-class _Template:
-    """The warmed-up process that forks workers; it reaps them itself, and exits when its socket closes."""
+class WorkerTemplate:
+    """The warmed-up process that forks workers; it reaps them itself, and exits when its socket closes.
+    Constructing one starts it without waiting: it imports sympy and Math-Verify while the caller goes on."""
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
@@ -100,12 +102,13 @@ class _Template:
 class SymbolicPool:
     """`workers` processes answering `compare(gold, predicted)` within `timeout_s` (+0.5 s), from any thread."""
 
-    def __init__(self, workers: int, timeout_s: float) -> None:
+    def __init__(self, workers: int, timeout_s: float, template: WorkerTemplate | None = None) -> None:
+        """`template`: one already started, which the pool now owns (stops on `close`)."""
         self._size = workers
         self._timeout_s = timeout_s
         self._idle: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()  # None: closed, wake the next waiter
         self._workers: set[_Worker] = set()
-        self._template: _Template | None = None
+        self._template = template
         self._lock = threading.Lock()
         self._closed = False
 
@@ -137,7 +140,7 @@ class SymbolicPool:
         template import and warm up while it decides the rest on the fast paths."""
         with self._lock:
             if self._template is None and not self._closed:
-                self._template = _Template()
+                self._template = WorkerTemplate()
 
     def _take(self) -> _Worker:
         with self._lock:
@@ -145,7 +148,7 @@ class SymbolicPool:
                 raise RuntimeError("the checker is closed")
             if not self._workers:
                 if self._template is None:
-                    self._template = _Template()
+                    self._template = WorkerTemplate()
                 for _ in range(self._size):
                     self._idle.put(self._start_worker())
         while True:
@@ -176,7 +179,7 @@ class SymbolicPool:
             worker = self._template.fork()
         except OSError:
             self._template.stop()
-            self._template = _Template()
+            self._template = WorkerTemplate()
             worker = self._template.fork()
         self._workers.add(worker)
         return worker

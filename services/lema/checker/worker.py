@@ -9,6 +9,7 @@ timer, which works because the check runs in the worker's main thread; the alarm
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -83,4 +84,5 @@ def serve(connection: Connection) -> None:
 
 
 if __name__ == "__main__":
-    run_template(socket.socket(fileno=int(sys.argv[1])))
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the pool closed first: nothing left to serve
+        run_template(socket.socket(fileno=int(sys.argv[1])))

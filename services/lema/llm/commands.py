@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from lema.config import ConfigError, LemaSettings, load_settings
-
 
 def serve_llm(
     config: Annotated[Path | None, typer.Option(help="Settings YAML; defaults apply when omitted.")] = None,
@@ -17,6 +15,7 @@ def serve_llm(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
     """Serve one LLM at /v1/chat/completions, /v1/models and /health (OpenAI-compatible)."""
+    from lema.config import ConfigError, LemaSettings, load_settings
     from lema.llm.factory import create_backend
     from lema.llm.openai_server import serve
 

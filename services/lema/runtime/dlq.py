@@ -15,12 +15,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lema.bus.base import Topics
-from lema.config import BusSettings
+
+if TYPE_CHECKING:
+    from lema.config import BusSettings
 
 app = typer.Typer(no_args_is_help=True, help="Inspect and redrive the dead-letter topic.")
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")]

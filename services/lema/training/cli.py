@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lema.config import ConfigError
-from lema.training.config import TrainSettings, load_train_settings
+if TYPE_CHECKING:
+    from lema.training.config import TrainSettings
 
 train_app = typer.Typer(no_args_is_help=False, help="Fine-tune on the CoT and correction datasets.")
 
@@ -18,6 +18,9 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a f
 
 
 def _settings(config: Path, overrides: list[str] | None) -> TrainSettings:
+    from lema.config import ConfigError
+    from lema.training.config import load_train_settings
+
     try:
         return load_train_settings(config, overrides or [])
     except ConfigError as exc:
@@ -110,6 +113,7 @@ def evaluate_model(
         return
     if data is None:
         raise typer.BadParameter("lema eval needs --data (or a sub-command: compare)", param_hint="--data")
+    from lema.config import ConfigError
     from lema.inputs import load_questions
     from lema.llm.factory import check_reachable, create_backend
     from lema.training.evaluate import (
