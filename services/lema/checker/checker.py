@@ -140,6 +140,8 @@ def _compare_plain(gold: str, predicted: str, policy: PercentPolicy) -> tuple[bo
             return False, "percent_mismatch"
         return False, "numeric_mismatch"
     gold_list, predicted_list = parse_number_list(gold), parse_number_list(predicted)
+    if (gold_number and predicted_list) or (gold_list and predicted_number):
+        return False, "numeric_mismatch"  # one number is never a list of them: '1,100' is 1100, '1, 100' lists two
     if gold_list and predicted_list:
         same = number_lists_equal(gold_list, predicted_list, policy)
         if same is not None:
