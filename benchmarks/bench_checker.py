@@ -13,10 +13,10 @@ a second warm checker, so that its workers have cached nothing from the batch.
 
 Start-up: a one-off `lema check` command on a JSONL file against a plain Math-Verify loop (a fresh Python process
 that imports Math-Verify and runs `parse` + `verify` per line) over the same file, both timed from process start to
-exit. Files: MATH-style answers as they come (mostly numbers, a fifth LaTeX) and the LaTeX-only pairs. Ratio = lema
-seconds / loop seconds (target: <= 1, never slower).
+exit, three times each in turn (medians). Files of 20, 100 and 800 lines: MATH-style answers as they come (mostly
+numbers, a fifth LaTeX) and LaTeX-only pairs. Ratio = lema seconds / loop seconds (target: <= 1, never slower).
 
-    python benchmarks/bench_checker.py [--workers 2] [--math-pairs 400] [--startup-lines 800] [--only-startup]
+    python benchmarks/bench_checker.py [--workers 2] [--math-pairs 400] [--startup-lines 20,100,800] [--only-startup]
 """
 
 from __future__ import annotations
@@ -201,8 +201,9 @@ def startup(name: str, pairs: list[Pair], workers: int) -> None:
         loop.write_text(_MATH_VERIFY_LOOP, encoding="utf-8")
         lema = [str(Path(sys.executable).with_name("lema")), "check", "--task", "math", "-i", str(source)]
         lema += ["-o", str(Path(folder) / "out.jsonl"), "--set", f"checker.workers={workers}"]
-        lema_s = _run_seconds(lema)
-        loop_s = _run_seconds([sys.executable, str(loop), str(source)])
+        timings = [(_run_seconds(lema), _run_seconds([sys.executable, str(loop), str(source)])) for _ in range(3)]
+        lema_s = statistics.median(lema for lema, _ in timings)
+        loop_s = statistics.median(loop for _, loop in timings)
     print(
         f"{name} ({len(pairs)} lines): lema check {lema_s:.2f} s, Math-Verify loop {loop_s:.2f} s, "
         f"ratio {lema_s / loop_s:.2f} (<= 1 wanted)"
@@ -219,12 +220,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="lema's symbolic worker processes")
     parser.add_argument("--math-pairs", type=int, default=400)
-    parser.add_argument("--startup-lines", type=int, default=800, help="lines of each start-up file")
+    parser.add_argument("--startup-lines", default="20,100,800", help="sizes of the start-up files, comma-separated")
     parser.add_argument("--only-startup", action="store_true", help="run only the start-up comparison")
     args = parser.parse_args()
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    startup("MATH-style answers, one-off command", mixed_math_pairs(args.startup_lines), args.workers)
-    startup("LaTeX-only answers, one-off command", math_pairs(args.startup_lines, seed=3), args.workers)
+    for lines in map(int, args.startup_lines.split(",")):
+        startup("MATH-style answers, one-off command", mixed_math_pairs(lines), args.workers)
+        startup("LaTeX-only answers, one-off command", math_pairs(lines, seed=3), args.workers)
     if args.only_startup:
         return
     numeric = gsm8k_pairs(EXAMPLE_DATA / "gsm8k_test.jsonl") + gsm8k_pairs(EXAMPLE_DATA / "gsm8k_train.jsonl")
