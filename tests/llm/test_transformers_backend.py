@@ -9,7 +9,10 @@ import pytest
 from llm_testing import ask
 
 from lema.config import LLMSettings
+from lema.llm.base import GenerationRequest
 from lema.llm.models import SMOLLM2_ALIAS, resolve_model_dir
+from lema.prompts import load_prompt
+from lema.records import GenerationParams
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +58,36 @@ def test_a_request_gives_the_same_text_alone_and_in_any_batch(smollm2: Any) -> N
     batched = smollm2.generate([others[0], sampled, others[1], greedy])
     assert texts(alone) == texts([batched[1], batched[3]])
     assert all(len(samples[0].text) > 0 for samples in alone)
+
+
+def test_a_templates_shared_fixed_part_changes_no_text(smollm2: Any) -> None:
+    """Rows of one template share the attention cache of its system message and examples; each still gets the text
+    its whole prompt gives, alone or batched with other templates' rows."""
+    from lema.llm.transformers_backend import _Row
+
+    template = load_prompt("correct", "gsm8k")
+    requests = [
+        GenerationRequest(
+            template.render(
+                question=f"A shelf holds {shelves} rows of 7 books. How many books are on the shelf?",
+                solution=f"Step 1: {shelves} + 7 = {shelves + 7}.\nThe answer is {shelves + 7}",
+                hint="",
+            ),
+            GenerationParams(temperature=temperature, top_p=0.95, max_tokens=16, seed=shelves),
+        )
+        for shelves, temperature in ((3, 0.0), (12, 0.8), (25, 0.0))
+    ]
+    prompts = [smollm2._prompt_ids(request) for request in requests]
+    assert all(0 < smollm2._fixed_length(r, p) < len(p) for r, p in zip(requests, prompts, strict=True))
+    rows = [
+        _Row(index, 0, prompt, request.params)
+        for index, (request, prompt) in enumerate(zip(requests, prompts, strict=True))
+    ]
+    whole = smollm2._generate_batch(rows)  # each whole prompt computed in full, as before the sharing
+    alone = [smollm2.generate([request])[0][0].text for request in requests]
+    batched = smollm2.generate([requests[0], ask(QUESTION, max_tokens=8, seed=3), requests[1], requests[2]])
+    assert alone == [completion.text for completion in whole]
+    assert [batched[0][0].text, batched[2][0].text, batched[3][0].text] == alone
 
 
 def test_seed_plus_index_fixes_each_sample(smollm2: Any) -> None:

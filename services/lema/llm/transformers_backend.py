@@ -1,5 +1,9 @@
 """The embedded default backend: a Hugging Face causal LM on the CPU (or one GPU), batched with left padding.
 
+Rows of one prompt template share its fixed part (the system message and few-shot turns, ~80% of a correction
+prompt's tokens): a batch computes that part's attention cache once and every row continues from it, so concurrent
+requests cost little more prompt work than one. A row computes the same whether it is alone or in a batch.
+
 Each sampled row draws its randomness from its own `torch.Generator` seeded with `params.seed + i`, and decoding is
 greedy over the row's own noisy scores (the Gumbel-max trick), so a completion depends on its request alone: the same
 request gives the same text alone or inside any batch, which lets a resumed run or another worker reproduce it.
@@ -8,15 +12,16 @@ Temperature 0 is plain greedy decoding.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lema.config import LLMSettings
-from lema.llm.base import Completion, GenerationRequest, LLMError, TokenUsage
+from lema.llm.base import ChatMessage, Completion, GenerationRequest, LLMError, TokenUsage
 from lema.llm.models import resolve_model_dir
 from lema.records import GenerationParams
 
@@ -32,6 +37,12 @@ class _Row:
     sample: int
     prompt: list[int]
     params: GenerationParams
+    fixed: int = 0
+    """How many leading prompt tokens are the template's fixed part, shared with the other rows of its batch."""
+
+    @property
+    def fixed_part(self) -> list[int]:
+        return self.prompt[: self.fixed]
 
 
 class TransformersBackend:
@@ -60,6 +71,7 @@ class TransformersBackend:
         )
         self._usage = TokenUsage()
         self._lock = threading.Lock()
+        self._fixed_ids = functools.lru_cache(maxsize=64)(self._tokenize_fixed_part)
 
     @property
     def model(self) -> str:
@@ -71,19 +83,18 @@ class TransformersBackend:
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         rows = [
-            _Row(index, sample, prompt, request.params)
+            _Row(index, sample, prompt, request.params, self._fixed_length(request, prompt))
             for index, request in enumerate(requests)
             for prompt in [self._prompt_ids(request)]
             for sample in range(request.n)
         ]
-        # Similar lengths share a batch to waste less on padding; results do not depend on the grouping.
-        rows.sort(key=lambda row: len(row.prompt))
-        size = self._settings.batch_size
+        # One template's rows and similar lengths share a batch, to share its fixed part and waste less on padding;
+        # results do not depend on the grouping.
+        rows.sort(key=lambda row: (row.fixed_part, len(row.prompt)))
         finished: dict[tuple[int, int], Completion] = {}
         started = time.perf_counter()
         with self._lock, self._usage.busy():
-            for start in range(0, len(rows), size):
-                batch = rows[start : start + size]
+            for batch in _batches(rows, self._settings.batch_size):
                 for row, completion in zip(batch, self._generate_batch(batch), strict=True):
                     finished[row.request, row.sample] = completion
         share = (time.perf_counter() - started) / max(len(requests), 1)
@@ -100,20 +111,46 @@ class TransformersBackend:
         ids: list[int] = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
         return ids
 
-    def _generate_batch(self, rows: list[_Row]) -> list[Completion]:
-        import torch
-        from transformers import LogitsProcessorList, StoppingCriteriaList
+    def _fixed_length(self, request: GenerationRequest, prompt: list[int]) -> int:
+        """The length of the template's fixed part of `prompt`: every message before the last, when they tokenize
+        to a prefix of the whole prompt (0 otherwise, or for a single message)."""
+        if len(request.messages) < 2:
+            return 0
+        fixed = self._fixed_ids(request.messages[:-1])
+        return len(fixed) if len(fixed) < len(prompt) and prompt[: len(fixed)] == fixed else 0
 
-        width = max(len(row.prompt) for row in rows)
+    def _tokenize_fixed_part(self, messages: tuple[ChatMessage, ...]) -> list[int]:
+        ids: list[int] = self._tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages], add_generation_prompt=False
+        )["input_ids"]
+        return ids
+
+    def _generate_batch(self, rows: list[_Row]) -> list[Completion]:
+        """Each row is the shared fixed part, left padding, then the row's own tokens; the fixed part's attention
+        cache is computed once, for one row, and copied to every row."""
+        import torch
+        from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList
+
+        fixed = rows[0].fixed_part
+        width = len(fixed) + max(len(row.prompt) - len(fixed) for row in rows)
         input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):
-            input_ids[i, width - len(row.prompt) :] = torch.tensor(row.prompt)
-            attention_mask[i, width - len(row.prompt) :] = 1
+            own = row.prompt[len(fixed) :]
+            input_ids[i, : len(fixed)] = torch.tensor(fixed, dtype=torch.long)
+            input_ids[i, width - len(own) :] = torch.tensor(own)
+            attention_mask[i, : len(fixed)] = 1
+            attention_mask[i, width - len(own) :] = 1
         with torch.inference_mode():
+            cache = None
+            if fixed:
+                cache = DynamicCache(config=self._model.config)
+                self._model(input_ids=torch.tensor([fixed], device=self._device), cache=cache, logits_to_keep=1)
+                cache.batch_repeat_interleave(len(rows))
             output = self._model.generate(
                 input_ids=input_ids.to(self._device),
                 attention_mask=attention_mask.to(self._device),
+                cache=cache,
                 do_sample=False,
                 max_new_tokens=max(row.params.max_tokens for row in rows),
                 logits_processor=LogitsProcessorList([_SeededSampling(rows)]),
@@ -134,6 +171,18 @@ class TransformersBackend:
             completion_tokens=len(tokens),
             finish_reason="stop" if finished else "length",
         )
+
+
+def _batches(rows: list[_Row], size: int) -> Iterator[list[_Row]]:
+    """Consecutive rows, at most `size` at a time, a new batch wherever the fixed part changes."""
+    batch: list[_Row] = []
+    for row in rows:
+        if batch and (len(batch) == size or row.fixed_part != batch[0].fixed_part):
+            yield batch
+            batch = []
+        batch.append(row)
+    if batch:
+        yield batch
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
