@@ -1,4 +1,9 @@
-"""The gRPC server every lema service runs: health, reflection, metrics, optional TLS and bearer-token auth.
+"""The gRPC server every lema service runs: a `grpc.aio` server with health, reflection, metrics, optional TLS and
+bearer-token auth, on its own event-loop thread so the thread-based service process drives it with plain calls.
+
+Calls are coroutines on the loop; their blocking work (LLM generation, symbolic checks) runs on a bounded pool of
+`blocking_threads` threads (`BlockingPool`), so concurrent calls reach a batching backend together while the loop
+keeps answering. At most `max_concurrent_rpcs` calls are in progress; more are RESOURCE_EXHAUSTED.
 
 Lifecycle: `start()` binds the port (retrying for `bind_retry_s` while it is taken, e.g. by the process this one
 replaces) and reports SERVING; `set_serving(False)` reports NOT_SERVING while a dependency the service needs is down;
@@ -9,15 +14,19 @@ Request bytes that do not decode as the method's message are INVALID_ARGUMENT, n
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import inspect
 import logging
+import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent import futures
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
+import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -29,98 +38,157 @@ log = logging.getLogger(__name__)
 # Probes and tooling work without a token: Kubernetes' gRPC probe cannot send one.
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
-Behavior = Callable[[Any, grpc.ServicerContext], Any]
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+Behavior = Callable[[Any, Context], Any]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
+T = TypeVar("T")
+
+
+class _NotStarted(Exception):
+    """The call's deadline passed while its work waited for a thread."""
+
+
+class BlockingPool:
+    """The bounded threads that run calls' blocking work, so the event loop never waits on it.
+
+    Work whose call's deadline passed while it waited for a thread is not started: the call is DEADLINE_EXCEEDED.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc-blocking")
+
+    async def run(self, context: Context, work: Callable[..., T], *args: Any) -> T:
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+
+        def start() -> T:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _NotStarted
+            return work(*args)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, start)
+        except _NotStarted:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed while the call waited; its work was not started"
+            )
+            raise  # abort raises; this line only tells the type checker
+
+    def close(self) -> None:
+        """Drop queued work; work already running finishes on its own (stop() gave it `grace_s`)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass(frozen=True)
 class ServiceBinding:
-    """A servicer and the generated function that registers it; `name` is its full proto name."""
+    """A service's full proto name and how to add its servicer (doing blocking work on the pool) to a server."""
 
     name: str
-    register: Callable[[grpc.Server], None]
+    register: Callable[[grpc.aio.Server, BlockingPool], None]
 
 
 def _wrap_behavior(
     handler: grpc.RpcMethodHandler,
-    wrap: Callable[[Behavior, bool], Behavior],
+    wrap: Callable[[Behavior], Behavior],
     deserializer: Callable[[bytes], Any] | None = None,
 ) -> Any:
-    """`handler` with its behaviour replaced by `wrap(behaviour, streams_response)` (and its request deserializer by
-    `deserializer` when given), keeping its kind."""
+    """`handler` with its behaviour replaced by `wrap(behaviour)` (and its request deserializer by `deserializer` when
+    given), keeping its kind."""
     decode, encode = deserializer or handler.request_deserializer, handler.response_serializer
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), decode, encode)
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), decode, encode)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True), decode, encode)
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), decode, encode)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, False), decode, encode)
-    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), decode, encode)
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), decode, encode)
+    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), decode, encode)
 
 
-def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
+def _around(
+    behavior: Behavior, before: Callable[[Any, Context], Awaitable[Any]], after: Callable[..., None]
+) -> Behavior:
+    """`behavior` (a coroutine or async-generator function: grpc.aio tells the two apart by that) of the same kind,
+    with its request passed through `before` first and `after(context, exception_or_None)` called when it ends."""
+    if inspect.isasyncgenfunction(behavior):
+
+        async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
+            try:
+                async for response in behavior(await before(request, context), context):
+                    yield response
+            except BaseException as exc:
+                after(context, exc)
+                raise
+            after(context, None)
+
+        return streaming
+
+    async def coroutine(request: Any, context: Context) -> Any:
+        try:
+            response = await behavior(await before(request, context), context)
+        except BaseException as exc:
+            after(context, exc)
+            raise
+        after(context, None)
+        return response
+
+    return coroutine
+
+
+async def _unchanged(request: Any, _context: Context) -> Any:
+    return request
+
+
+def _code_name(context: Context, exc: BaseException | None) -> str:
     code = context.code()
     if code is None:
-        code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED  # the client has its answer; the work finished too late
+        elif isinstance(exc, asyncio.CancelledError):
+            code = grpc.StatusCode.CANCELLED
+        else:
+            code = grpc.StatusCode.OK if exc is None else grpc.StatusCode.UNKNOWN
     return str(code.name)
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Counts and times every call by service, method and final status code."""
 
-    def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
+    async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
         if handler is None:
             return None
         service, _, method = details.method.lstrip("/").rpartition("/")
+        started = time.perf_counter()  # interceptors run once per call, as it starts
 
-        def wrap(behavior: Behavior, streams: bool) -> Behavior:
-            def record(context: grpc.ServicerContext, started: float, failed: bool) -> None:
-                code = _code_name(context, failed)
-                metrics.RPC_REQUESTS.labels(service, method, code).inc()
-                metrics.RPC_DURATION.labels(service, method, code).observe(time.perf_counter() - started)
+        def record(context: Context, exc: BaseException | None) -> None:
+            code = _code_name(context, exc)
+            metrics.RPC_REQUESTS.labels(service, method, code).inc()
+            metrics.RPC_DURATION.labels(service, method, code).observe(time.perf_counter() - started)
 
-            def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                started = time.perf_counter()
-                try:
-                    response = behavior(request, context)
-                except BaseException:
-                    record(context, started, failed=True)
-                    raise
-                record(context, started, failed=False)
-                return response
-
-            def streaming(request: Any, context: grpc.ServicerContext) -> Any:
-                started = time.perf_counter()
-                try:
-                    yield from behavior(request, context)
-                except BaseException:
-                    record(context, started, failed=True)
-                    raise
-                record(context, started, failed=False)
-
-            return streaming if streams else unary
-
-        return _wrap_behavior(handler, wrap)
+        return _wrap_behavior(handler, lambda behavior: _around(behavior, _unchanged, record))
 
 
-class TokenAuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Rejects calls without `authorization: Bearer <token>` metadata with UNAUTHENTICATED."""
 
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
 
-    def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
+    async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
         if handler is None or details.method.startswith(UNAUTHENTICATED_PREFIXES):
             return handler
         presented = dict(details.invocation_metadata or ()).get("authorization", "")
         if hmac.compare_digest(str(presented).encode(), self._expected):
             return handler
 
-        def deny(_behavior: Behavior, _streams: bool) -> Behavior:
-            def behavior(_request: Any, context: grpc.ServicerContext) -> Any:
+        def deny(_behavior: Behavior) -> Behavior:
+            async def behavior(_request: Any, context: Context) -> None:
                 reason = "missing" if not presented else "invalid"
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{reason} bearer token in 'authorization' metadata")
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, f"{reason} bearer token in 'authorization' metadata"
+                )
 
             return behavior
 
@@ -134,11 +202,11 @@ class _Undecodable:
     error: str
 
 
-class RequestDecodeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class RequestDecodeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Undecodable request bytes are the caller's mistake: INVALID_ARGUMENT, not the server's INTERNAL."""
 
-    def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
+    async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
         if handler is None or handler.request_deserializer is None:
             return handler
         decode = handler.request_deserializer
@@ -150,56 +218,81 @@ class RequestDecodeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             except Exception as exc:  # protobuf raises DecodeError, but any decoder failure means bad bytes
                 return _Undecodable(f"request bytes do not decode as {details.method}'s message: {exc}")
 
-        def reject(request: Any, context: grpc.ServicerContext) -> Any:
+        async def reject(request: Any, context: Context) -> Any:
             if isinstance(request, _Undecodable):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
             return request
 
-        def wrap(behavior: Behavior, _streams: bool) -> Behavior:
-            if streams_request:
-                return lambda requests, context: behavior((reject(r, context) for r in requests), context)
-            return lambda request, context: behavior(reject(request, context), context)
+        async def reject_each(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+            async def checked() -> AsyncIterator[Any]:
+                async for request in requests:
+                    yield await reject(request, context)
+
+            return checked()
+
+        def wrap(behavior: Behavior) -> Behavior:
+            return _around(behavior, reject_each if streams_request else reject, lambda _context, _exc: None)
 
         return _wrap_behavior(handler, wrap, tolerant)
 
 
 class GrpcServer:
+    """The service's gRPC server, driven from ordinary threads: every method blocks until the loop has done it."""
+
     def __init__(self, settings: ServerSettings, services: Sequence[ServiceBinding]) -> None:
         self.settings = settings
         token = settings.token()
-        interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor()]
+        self._names = [service.name for service in services]
+        self._stopped = False
+        self._stopping = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True)
+        self._thread.start()
+        self.blocking = BlockingPool(settings.blocking_threads)
+        self.health = health.aio.HealthServicer()
+        self._server = self._on_loop(self._build(token, services))
+        self.port = 0
+
+    def _on_loop(self, work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+
+    async def _build(self, token: str | None, services: Sequence[ServiceBinding]) -> grpc.aio.Server:
+        """The server, made on the loop that will run it."""
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()]
         if token is not None:
             interceptors.append(TokenAuthInterceptor(token))
         interceptors.append(RequestDecodeInterceptor())
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
+        server = grpc.aio.server(
             interceptors=interceptors,
+            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
             options=[
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+                ("grpc.max_send_message_length", self.settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        self.health = health.HealthServicer(experimental_non_blocking=True)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for service in services:
-            service.register(self._server)
-        self._names = [service.name for service in services]
+            service.register(server, self.blocking)
         reflection.enable_server_reflection(
             [*self._names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self._server,
+            server,
         )
-        self.port = 0
+        return server
 
     def start(self) -> int:
         """Bind, start and report SERVING; returns the bound port (useful when `grpc_port` is 0)."""
-        self.port = self._bind(f"{self.settings.host}:{self.settings.grpc_port}")
-        self._server.start()
+        try:
+            self.port = self._on_loop(self._bind(f"{self.settings.host}:{self.settings.grpc_port}"))
+        except OSError:
+            self._close_loop()
+            raise
+        self._on_loop(self._server.start())
         self.set_serving(True)
         log.info("gRPC listening on %s (services: %s)", self.port, ", ".join(self._names) or "health only")
         return self.port
 
-    def _bind(self, address: str) -> int:
+    async def _bind(self, address: str) -> int:
         """Bind `address`, retrying while it is taken (a restarted service racing the process it replaces)."""
         deadline = time.monotonic() + self.settings.bind_retry_s
         delay, warned = 0.1, False
@@ -218,7 +311,7 @@ class GrpcServer:
             if not warned:
                 log.warning("gRPC address %s is taken; retrying for up to %gs", address, self.settings.bind_retry_s)
                 warned = True
-            time.sleep(delay)
+            await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
     def _add_port(self, address: str) -> int:
@@ -232,12 +325,29 @@ class GrpcServer:
     def set_serving(self, serving: bool) -> None:
         """Health of every service here: NOT_SERVING while a dependency it needs is down (ignored once stopping)."""
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        with self._stopping:
+            if not self._stopped:
+                self._on_loop(self._set_all(status))
+
+    async def _set_all(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for name in ("", *self._names):
-            self.health.set(name, status)
+            await self.health.set(name, status)
 
     def stop(self) -> None:
         """NOT_SERVING, drain, then stop accepting and wait for in-flight calls (at most `grace_s`)."""
-        self.health.enter_graceful_shutdown()
-        time.sleep(self.settings.drain_delay_s)
-        self._server.stop(self.settings.grace_s).wait()
+        with self._stopping:
+            self._stopped = True
+        self._on_loop(self._drain_and_stop())
+        self.blocking.close()
+        self._close_loop()
         log.info("gRPC server stopped")
+
+    async def _drain_and_stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await asyncio.sleep(self.settings.drain_delay_s)
+        await self._server.stop(self.settings.grace_s)
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
