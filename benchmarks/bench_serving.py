@@ -1,8 +1,8 @@
 """Serving speed, measured in one run, each result as a ratio to a baseline measured beside it.
 
 1. gRPC `CheckerService.Check`: calls/s and p50/p99 at concurrency 1 and 64 against `lema serve checker`, and the
-   same client against a minimal `grpc.aio` echo service (the ceiling of Python gRPC on this machine).
-   Targets: calls/s at c=64 >= 0.8x the echo's; p99 <= 2x the echo's.
+   same client against a minimal `grpc.aio` echo service (the ceiling of Python gRPC on this machine), in rounds that
+   alternate the two servers so that load from elsewhere hits both alike. Targets: calls/s at c=64 >= 0.8x the echo's; p99 <= 2x the echo's.
 2. gRPC `CorrectorService.Correct` on SmolLM2 (transformers backend, short max_tokens): calls/s at concurrency 16 as
    a ratio to concurrency 1; concurrent calls share the model's batches. Target >= 4x.
 3. Each stage's Kafka throughput as a ratio to calling the stage directly (`bench_platform.py`'s table).
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import os
 import statistics
 import subprocess
@@ -148,36 +150,60 @@ def percentile(latencies: Sequence[float], fraction: float) -> float:
     return latencies[int(fraction * (len(latencies) - 1))] * 1000
 
 
-async def check_rates(target: str, method: str, calls: int) -> dict[int, tuple[float, float, float]]:
-    """{concurrency: (calls/s, p50 ms, p99 ms)} for unary CheckRequest -> CheckResponse calls to `method`."""
-    rates = {}
-    async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(
-            method,
-            request_serializer=checker_pb2.CheckRequest.SerializeToString,
-            response_deserializer=checker_pb2.CheckResponse.FromString,
-        )
-        await closed_loop(lambda _: call(CHECK_REQUEST, timeout=30), 8, 200)  # warm-up
+async def check_rates(
+    targets: dict[str, tuple[str, str]], calls: int, rounds: int
+) -> dict[str, dict[int, tuple[float, float, float]]]:
+    """{server: {concurrency: (calls/s, p50 ms, p99 ms)}} for unary CheckRequest -> CheckResponse calls, `targets`
+    naming each server's (address, method). Each concurrency runs in `rounds` rounds that call every server in turn,
+    the order flipped every round, so load from elsewhere on the machine hits every server alike."""
+    per_round = max(1, calls // rounds)
+    rates: dict[str, dict[int, tuple[float, float, float]]] = {name: {} for name in targets}
+    async with contextlib.AsyncExitStack() as stack:
+        stubs = {}
+        for name, (target, method) in targets.items():
+            channel = await stack.enter_async_context(grpc.aio.insecure_channel(target))
+            call = channel.unary_unary(
+                method,
+                request_serializer=checker_pb2.CheckRequest.SerializeToString,
+                response_deserializer=checker_pb2.CheckResponse.FromString,
+            )
+            stubs[name] = functools.partial(call, CHECK_REQUEST, timeout=30)
+            await closed_loop(lambda _, call=stubs[name]: call(), 8, 200)  # warm-up
         for concurrency in (1, 64):
-            rate, latencies = await closed_loop(lambda _: call(CHECK_REQUEST, timeout=30), concurrency, calls)
-            rates[concurrency] = (rate, statistics.median(latencies) * 1000, percentile(latencies, 0.99))
+            seconds = dict.fromkeys(targets, 0.0)
+            latencies: dict[str, list[float]] = {name: [] for name in targets}
+            for round_ in range(rounds):
+                for name in list(targets)[:: 1 if round_ % 2 == 0 else -1]:
+                    rate, measured = await closed_loop(lambda _, call=stubs[name]: call(), concurrency, per_round)
+                    seconds[name] += per_round / rate
+                    latencies[name] += measured
+            for name, measured in latencies.items():
+                measured.sort()
+                rate = len(measured) / seconds[name]
+                rates[name][concurrency] = (rate, statistics.median(measured) * 1000, percentile(measured, 0.99))
     return rates
 
 
-def grpc_check(calls: int, logs: Path) -> None:
+def grpc_check(calls: int, rounds: int, logs: Path) -> None:
     echo_port, check_port = free_port(), free_port()
     echo = [sys.executable, __file__, "--echo-port", str(echo_port)]
     echo_target, check_target = f"127.0.0.1:{echo_port}", f"127.0.0.1:{check_port}"
-    with process(echo, grpc_healthy(echo_target), "the echo service", logs / "echo.log"):
-        ceiling = asyncio.run(check_rates(echo_target, ECHO_METHOD, calls))
     checker = serve_args("checker", check_port)
-    with process(checker, grpc_healthy(check_target), "lema serve checker", logs / "checker.log"):
-        measured = asyncio.run(check_rates(check_target, "/lema.v1.CheckerService/Check", calls))
-    print(f"\n1. gRPC Check ({calls} calls per row; each server in its own process; one grpc.aio client)")
+    with (
+        process(echo, grpc_healthy(echo_target), "the echo service", logs / "echo.log"),
+        process(checker, grpc_healthy(check_target), "lema serve checker", logs / "checker.log"),
+    ):
+        targets = {"echo": (echo_target, ECHO_METHOD), "checker": (check_target, "/lema.v1.CheckerService/Check")}
+        rates = asyncio.run(check_rates(targets, calls, rounds))
+    print(
+        f"\n1. gRPC Check ({calls} calls per row in {rounds} rounds alternating echo and checker; "
+        "each server in its own process; one grpc.aio client)"
+    )
     print(f"{'server':<8} {'conc':>4} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7}")
-    for name, rates in (("echo", ceiling), ("checker", measured)):
-        for concurrency, (rate, p50, p99) in rates.items():
+    for name, by_concurrency in rates.items():
+        for concurrency, (rate, p50, p99) in by_concurrency.items():
             print(f"{name:<8} {concurrency:>4} {rate:>8.0f} {p50:>7.2f} {p99:>7.2f}")
+    ceiling, measured = rates["echo"], rates["checker"]
     throughput = measured[64][0] / ceiling[64][0]
     tail = measured[64][2] / ceiling[64][2]
     print(f"Check/echo at c=64: throughput {throughput:.2f}x (target >= 0.8), p99 {tail:.2f}x (target <= 2)")
@@ -333,7 +359,10 @@ def sample_stage(questions_count: int, concurrency: int, max_tokens: int, logs: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: grpc, correct, kafka, sample")
-    parser.add_argument("--calls", type=int, default=2000, help="gRPC Check calls per row")
+    parser.add_argument("--calls", type=int, default=4000, help="gRPC Check calls per row")
+    parser.add_argument(
+        "--rounds", type=int, default=8, help="alternating echo/checker rounds the calls are split into"
+    )
     parser.add_argument("--messages", type=int, default=600, help="Kafka input messages per stage")
     parser.add_argument("--batch-size", type=int, default=64, help="messages per Kafka batch")
     parser.add_argument("--max-tokens", type=int, default=24, help="SmolLM2 tokens per Correct / sample call")
@@ -349,7 +378,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
         if "grpc" not in skip:
-            grpc_check(args.calls, logs)
+            grpc_check(args.calls, args.rounds, logs)
         if "correct" not in skip:
             correct_concurrency(args.max_tokens, args.correct_calls, logs)
         if "kafka" not in skip:
