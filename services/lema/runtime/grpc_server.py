@@ -20,7 +20,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
@@ -28,7 +28,7 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from lema.runtime import metrics
 from lema.runtime.settings import ServerSettings
@@ -40,7 +40,6 @@ UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 Behavior = Callable[[Any, Context], Any]
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
 T = TypeVar("T")
 
 
@@ -80,62 +79,46 @@ class BlockingPool:
 
 
 @dataclass(frozen=True)
-class ServiceBinding:
-    """A service's full proto name and how to add its servicer (doing blocking work on the pool) to a server."""
+class _Undecodable:
+    """Stands in for a request whose bytes did not decode, so the behaviour can answer INVALID_ARGUMENT."""
 
+    error: str
+
+
+@dataclass(frozen=True)
+class _Method:
+    """What wrapping one method needs: its full name, its labels, and the bearer token it demands (None: open)."""
+
+    path: str
+    service: str
     name: str
-    register: Callable[[grpc.aio.Server, BlockingPool], None]
+    expected_token: bytes | None
 
+    async def admit(self, request: Any, context: Context, streams_request: bool) -> Any:
+        """The request, once the caller is authenticated and its bytes decoded; else the call is aborted."""
+        if self.expected_token is not None:
+            presented = dict(context.invocation_metadata() or ()).get("authorization", "")
+            if not hmac.compare_digest(str(presented).encode(), self.expected_token):
+                reason = "missing" if not presented else "invalid"
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, f"{reason} bearer token in 'authorization' metadata"
+                )
+        if streams_request:
+            return self._admit_each(request, context)
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
+        return request
 
-def _wrap_behavior(
-    handler: grpc.RpcMethodHandler,
-    wrap: Callable[[Behavior], Behavior],
-    deserializer: Callable[[bytes], Any] | None = None,
-) -> Any:
-    """`handler` with its behaviour replaced by `wrap(behaviour)` (and its request deserializer by `deserializer` when
-    given), keeping its kind."""
-    decode, encode = deserializer or handler.request_deserializer, handler.response_serializer
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), decode, encode)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), decode, encode)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), decode, encode)
-    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), decode, encode)
+    async def _admit_each(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        async for request in requests:
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
+            yield request
 
-
-def _around(
-    behavior: Behavior, before: Callable[[Any, Context], Awaitable[Any]], after: Callable[..., None]
-) -> Behavior:
-    """`behavior` (a coroutine or async-generator function: grpc.aio tells the two apart by that) of the same kind,
-    with its request passed through `before` first and `after(context, exception_or_None)` called when it ends."""
-    if inspect.isasyncgenfunction(behavior):
-
-        async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
-            try:
-                async for response in behavior(await before(request, context), context):
-                    yield response
-            except BaseException as exc:
-                after(context, exc)
-                raise
-            after(context, None)
-
-        return streaming
-
-    async def coroutine(request: Any, context: Context) -> Any:
-        try:
-            response = await behavior(await before(request, context), context)
-        except BaseException as exc:
-            after(context, exc)
-            raise
-        after(context, None)
-        return response
-
-    return coroutine
-
-
-async def _unchanged(request: Any, _context: Context) -> Any:
-    return request
+    def record(self, context: Context, exc: BaseException | None, started: float) -> None:
+        code = _code_name(context, exc)
+        metrics.RPC_REQUESTS.labels(self.service, self.name, code).inc()
+        metrics.RPC_DURATION.labels(self.service, self.name, code).observe(time.perf_counter() - started)
 
 
 def _code_name(context: Context, exc: BaseException | None) -> str:
@@ -151,89 +134,107 @@ def _code_name(context: Context, exc: BaseException | None) -> str:
     return str(code.name)
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Counts and times every call by service, method and final status code."""
+def _wrapped_behavior(behavior: Behavior, method: _Method, streams_request: bool) -> Behavior:
+    """`behavior` of the same kind (a coroutine or async-generator function: grpc.aio tells them apart by that) that
+    admits the request first and counts and times the call."""
+    if inspect.isasyncgenfunction(behavior):
 
-    async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        service, _, method = details.method.lstrip("/").rpartition("/")
-        started = time.perf_counter()  # interceptors run once per call, as it starts
+        async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            try:
+                async for response in behavior(await method.admit(request, context, streams_request), context):
+                    yield response
+            except BaseException as exc:
+                method.record(context, exc, started)
+                raise
+            method.record(context, None, started)
 
-        def record(context: Context, exc: BaseException | None) -> None:
-            code = _code_name(context, exc)
-            metrics.RPC_REQUESTS.labels(service, method, code).inc()
-            metrics.RPC_DURATION.labels(service, method, code).observe(time.perf_counter() - started)
+        return streaming
 
-        return _wrap_behavior(handler, lambda behavior: _around(behavior, _unchanged, record))
+    async def coroutine(request: Any, context: Context) -> Any:
+        started = time.perf_counter()
+        try:
+            response = await behavior(await method.admit(request, context, streams_request), context)
+        except BaseException as exc:
+            method.record(context, exc, started)
+            raise
+        method.record(context, None, started)
+        return response
+
+    return coroutine
 
 
-class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Rejects calls without `authorization: Bearer <token>` metadata with UNAUTHENTICATED."""
+def _wrapped(handler: grpc.RpcMethodHandler, method: _Method) -> grpc.RpcMethodHandler:
+    """`handler`, keeping its kind, with auth, metrics and a request decoder that turns bad bytes into INVALID_ARGUMENT
+    rather than the server's INTERNAL."""
+    decode, encode = handler.request_deserializer, handler.response_serializer
+    if decode is not None:
+        strict = decode
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        def decode(data: bytes) -> Any:
+            try:
+                return strict(data)
+            except Exception as exc:  # protobuf raises DecodeError, but any decoder failure means bad bytes
+                return _Undecodable(f"request bytes do not decode as {method.path}'s message: {exc}")
 
-    async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(UNAUTHENTICATED_PREFIXES):
-            return handler
-        presented = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(str(presented).encode(), self._expected):
-            return handler
+    streams_request = bool(handler.stream_unary or handler.stream_stream)
+    if handler.unary_unary:
+        behavior = _wrapped_behavior(handler.unary_unary, method, streams_request)
+        return grpc.unary_unary_rpc_method_handler(behavior, decode, encode)
+    if handler.unary_stream:
+        behavior = _wrapped_behavior(handler.unary_stream, method, streams_request)
+        return grpc.unary_stream_rpc_method_handler(behavior, decode, encode)
+    if handler.stream_unary:
+        behavior = _wrapped_behavior(handler.stream_unary, method, streams_request)
+        return grpc.stream_unary_rpc_method_handler(behavior, decode, encode)
+    behavior = _wrapped_behavior(handler.stream_stream, method, streams_request)
+    return grpc.stream_stream_rpc_method_handler(behavior, decode, encode)
 
-        def deny(_behavior: Behavior) -> Behavior:
-            async def behavior(_request: Any, context: Context) -> None:
-                reason = "missing" if not presented else "invalid"
-                await context.abort(
-                    grpc.StatusCode.UNAUTHENTICATED, f"{reason} bearer token in 'authorization' metadata"
-                )
 
-            return behavior
+class Registry:
+    """Stands in for the server while services register: each method handler is wrapped once, here, so that a call
+    pays for one wrapper (auth, decoding, metrics) instead of a chain of per-call interceptors."""
 
-        return _wrap_behavior(handler, deny)
+    def __init__(self, server: grpc.aio.Server, token: str | None) -> None:
+        self._server = server
+        self._expected = None if token is None else f"Bearer {token}".encode()
+
+    def _method(self, path: str) -> _Method:
+        service, _, name = path.lstrip("/").rpartition("/")
+        expected = None if path.startswith(UNAUTHENTICATED_PREFIXES) else self._expected
+        return _Method(path, service, name, expected)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        wrapped = {name: _wrapped(handler, self._method(f"/{service}/{name}")) for name, handler in handlers.items()}
+        self._server.add_registered_method_handlers(service, wrapped)
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_WrappedGeneric(handler, self._method) for handler in handlers))
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """A generic handler whose method handlers are wrapped on first use (unknown methods are not remembered)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, method: Callable[[str], _Method]) -> None:
+        self._inner, self._method = inner, method
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is None:
+            handler = self._inner.service(details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[details.method] = _wrapped(handler, self._method(details.method))
+        return wrapped
 
 
 @dataclass(frozen=True)
-class _Undecodable:
-    """Stands in for a request whose bytes did not decode, so the behaviour can answer INVALID_ARGUMENT."""
+class ServiceBinding:
+    """A service's full proto name and how to add its servicer (doing blocking work on the pool) to a server."""
 
-    error: str
-
-
-class RequestDecodeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Undecodable request bytes are the caller's mistake: INVALID_ARGUMENT, not the server's INTERNAL."""
-
-    async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        decode = handler.request_deserializer
-        streams_request = bool(handler.stream_unary or handler.stream_stream)
-
-        def tolerant(data: bytes) -> Any:
-            try:
-                return decode(data)
-            except Exception as exc:  # protobuf raises DecodeError, but any decoder failure means bad bytes
-                return _Undecodable(f"request bytes do not decode as {details.method}'s message: {exc}")
-
-        async def reject(request: Any, context: Context) -> Any:
-            if isinstance(request, _Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
-            return request
-
-        async def reject_each(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-            async def checked() -> AsyncIterator[Any]:
-                async for request in requests:
-                    yield await reject(request, context)
-
-            return checked()
-
-        def wrap(behavior: Behavior) -> Behavior:
-            return _around(behavior, reject_each if streams_request else reject, lambda _context, _exc: None)
-
-        return _wrap_behavior(handler, wrap, tolerant)
+    name: str
+    register: Callable[[Registry, BlockingPool], None]
 
 
 class GrpcServer:
@@ -258,12 +259,7 @@ class GrpcServer:
 
     async def _build(self, token: str | None, services: Sequence[ServiceBinding]) -> grpc.aio.Server:
         """The server, made on the loop that will run it."""
-        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()]
-        if token is not None:
-            interceptors.append(TokenAuthInterceptor(token))
-        interceptors.append(RequestDecodeInterceptor())
         server = grpc.aio.server(
-            interceptors=interceptors,
             maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes),
@@ -271,13 +267,12 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        registry = Registry(server, token)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
         for service in services:
-            service.register(server, self.blocking)
-        reflection.enable_server_reflection(
-            [*self._names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            server,
-        )
+            service.register(registry, self.blocking)
+        names = [*self._names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), registry)
         return server
 
     def start(self) -> int:

@@ -8,7 +8,6 @@ already passed is DEADLINE_EXCEEDED before any LLM work starts.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +23,7 @@ from lema.llm.base import LLMError
 from lema.pipeline import Resources
 from lema.records import Attempt, Question, ReasoningPath, Task, stable_id
 from lema.runtime import metrics
-from lema.runtime.grpc_server import BlockingPool, Context, ServiceBinding
+from lema.runtime.grpc_server import BlockingPool, Context, Registry, ServiceBinding
 from lema.runtime.settings import Service
 from lema.runtime.wire import WireError, message_fields, to_message, validation_summary
 from lema.stages.correct import correct_attempts
@@ -82,38 +81,42 @@ async def _ensure_time_left(context: Context) -> None:
         await context.abort(grpc.StatusCode.CANCELLED, "the caller cancelled the call")
 
 
-@contextlib.asynccontextmanager
-async def _statuses(context: Context) -> AsyncIterator[None]:
-    """Request errors become INVALID_ARGUMENT naming the field, LLM failures UNAVAILABLE (worth a retry); no work
-    starts past the deadline."""
-    await _ensure_time_left(context)
-    try:
-        yield
-    except (InvalidArgument, WireError) as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    except LLMError as exc:
+CALLER_ERRORS = (InvalidArgument, WireError, LLMError)
+
+
+async def _abort(context: Context, exc: Exception) -> None:
+    """Request errors are INVALID_ARGUMENT naming the field, LLM failures UNAVAILABLE (worth a retry)."""
+    if isinstance(exc, LLMError):
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"the LLM backend failed: {exc}")
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def rpc(method: F) -> F:
-    """A servicer method (coroutine, or async generator for a server-streaming call) answering with `_statuses`."""
+    """A servicer method (coroutine, or async generator for a server-streaming call) that starts no work past the
+    deadline and answers errors with `_abort`'s status codes."""
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)
         async def streaming(self: Any, request: Any, context: Context) -> AsyncIterator[Any]:
-            async with _statuses(context):
+            await _ensure_time_left(context)
+            try:
                 async for response in method(self, request, context):
                     yield response
+            except CALLER_ERRORS as exc:
+                await _abort(context, exc)
 
         return cast(F, streaming)
 
     @functools.wraps(method)
     async def unary(self: Any, request: Any, context: Context) -> Any:
-        async with _statuses(context):
+        await _ensure_time_left(context)
+        try:
             return await method(self, request, context)
+        except CALLER_ERRORS as exc:
+            await _abort(context, exc)
 
     return cast(F, unary)
 
@@ -287,7 +290,7 @@ S = TypeVar("S")
 
 
 def _binding(
-    module: ModuleType, add: Callable[[S, grpc.aio.Server], None], servicer: Callable[[BlockingPool], S]
+    module: ModuleType, add: Callable[[S, Registry], None], servicer: Callable[[BlockingPool], S]
 ) -> ServiceBinding:
     (descriptor,) = module.DESCRIPTOR.services_by_name.values()
     return ServiceBinding(descriptor.full_name, lambda server, blocking: add(servicer(blocking), server))

@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
-from lema.runtime.grpc_server import BlockingPool, Context, GrpcServer, ServiceBinding
+from lema.runtime.grpc_server import BlockingPool, Context, GrpcServer, Registry, ServiceBinding
 from lema.runtime.settings import ServerSettings
 
 WAIT = "/test.Gate/Wait"
@@ -32,7 +32,7 @@ class Gate:
         return request
 
     def binding(self) -> ServiceBinding:
-        def register(server: grpc.aio.Server, blocking: BlockingPool) -> None:
+        def register(server: Registry, blocking: BlockingPool) -> None:
             async def wait(request: bytes, context: Context) -> bytes:
                 return await blocking.run(context, self._work, request)
 
