@@ -22,13 +22,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from prometheus_client import Counter, Histogram
 
 from lema.runtime import metrics
 from lema.runtime.settings import ServerSettings
@@ -93,6 +94,7 @@ class _Method:
     service: str
     name: str
     expected_token: bytes | None
+    metrics: dict[str, tuple[Counter, Histogram]] = field(default_factory=dict, compare=False)
 
     async def admit(self, request: Any, context: Context, streams_request: bool) -> Any:
         """The request, once the caller is authenticated and its bytes decoded; else the call is aborted."""
@@ -117,8 +119,13 @@ class _Method:
 
     def record(self, context: Context, exc: BaseException | None, started: float) -> None:
         code = _code_name(context, exc)
-        metrics.RPC_REQUESTS.labels(self.service, self.name, code).inc()
-        metrics.RPC_DURATION.labels(self.service, self.name, code).observe(time.perf_counter() - started)
+        children = self.metrics.get(code)
+        if children is None:  # looking labels up costs more than counting: once per method and code
+            labels = (self.service, self.name, code)
+            children = self.metrics[code] = (metrics.RPC_REQUESTS.labels(*labels), metrics.RPC_DURATION.labels(*labels))
+        requests, duration = children
+        requests.inc()
+        duration.observe(time.perf_counter() - started)
 
 
 def _code_name(context: Context, exc: BaseException | None) -> str:

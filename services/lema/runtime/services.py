@@ -121,8 +121,11 @@ def rpc(method: F) -> F:
     return cast(F, unary)
 
 
+VERDICTS = {True: metrics.CHECKER_VERDICTS.labels("correct"), False: metrics.CHECKER_VERDICTS.labels("wrong")}
+
+
 def _check_response(result: CheckResult) -> checker_pb2.CheckResponse:
-    metrics.CHECKER_VERDICTS.labels("correct" if result.correct else "wrong").inc()
+    VERDICTS[result.correct].inc()
     return checker_pb2.CheckResponse(correct=result.correct, predicted=result.predicted, reason=result.reason)
 
 
