@@ -359,9 +359,9 @@ def sample_stage(questions_count: int, concurrency: int, max_tokens: int, logs: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: grpc, correct, kafka, sample")
-    parser.add_argument("--calls", type=int, default=4000, help="gRPC Check calls per row")
+    parser.add_argument("--calls", type=int, default=6000, help="gRPC Check calls per row")
     parser.add_argument(
-        "--rounds", type=int, default=8, help="alternating echo/checker rounds the calls are split into"
+        "--rounds", type=int, default=20, help="alternating echo/checker rounds the calls are split into"
     )
     parser.add_argument("--messages", type=int, default=600, help="Kafka input messages per stage")
     parser.add_argument("--batch-size", type=int, default=64, help="messages per Kafka batch")
