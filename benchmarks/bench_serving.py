@@ -1,8 +1,9 @@
 """Serving speed, measured in one run, each result as a ratio to a baseline measured beside it.
 
-1. gRPC `CheckerService.Check`: calls/s and p50/p99 at concurrency 1 and 64 against `lema serve checker`, and the
-   same client against a minimal `grpc.aio` echo service (the ceiling of Python gRPC on this machine), in rounds that
-   alternate the two servers so that load from elsewhere hits both alike. Targets: calls/s at c=64 >= 0.8x the echo's; p99 <= 2x the echo's.
+1. gRPC `CheckerService.Check`: calls/s and p50/p99 at concurrency 1 and 64 against the checker's gRPC server (as
+   `lema serve checker` runs it), and the same client against a minimal `grpc.aio` echo service (the ceiling of
+   Python gRPC on this machine), both in one process, in rounds that alternate the two so that load from elsewhere
+   hits both alike. Targets: calls/s at c=64 >= 0.8x the echo's; p99 <= 2x the echo's.
 2. gRPC `CorrectorService.Correct` on SmolLM2 (transformers backend, short max_tokens): calls/s at concurrency 16 as
    a ratio to concurrency 1; concurrent calls share the model's batches. Target >= 4x.
 3. Each stage's Kafka throughput as a ratio to calling the stage directly (`bench_platform.py`'s table).
@@ -39,7 +40,10 @@ from lema.config import LemaSettings
 from lema.llm.base import Completion, GenerationRequest, TokenUsage
 from lema.pipeline import Resources, SamplerWorker, batches_in_flight, process_windowed
 from lema.records import Question, Record
+from lema.runtime.grpc_server import GrpcServer
 from lema.runtime.infra import free_port
+from lema.runtime.services import service_bindings
+from lema.runtime.settings import ServiceSettings
 from lema.v1 import checker_pb2, corrector_pb2, corrector_pb2_grpc
 
 ECHO_METHOD = "/bench.Echo/Check"
@@ -184,20 +188,33 @@ async def check_rates(
     return rates
 
 
+def serve_pair(echo_port: int, check_port: int) -> None:
+    """The checker's gRPC server, built as `lema serve checker` builds it (on its own event-loop thread), and the
+    echo service (on the main thread), in one process: the scheduler then places both alike. As two processes at this
+    load, two identical echo services measured up to 30% apart; in one process, within 10%."""
+    settings = ServiceSettings.model_validate(
+        {"server": {"host": "127.0.0.1", "grpc_port": check_port, "metrics_port": 0, "drain_delay_s": 0}}
+    )
+    resources = Resources(settings)
+    _ = resources.checker  # loaded before SERVING, as `lema serve` does
+    GrpcServer(settings.server, service_bindings("checker", settings, resources)).start()
+    asyncio.run(serve_echo(echo_port))
+
+
 def grpc_check(calls: int, rounds: int, logs: Path) -> None:
     echo_port, check_port = free_port(), free_port()
-    echo = [sys.executable, __file__, "--echo-port", str(echo_port)]
+    servers = [sys.executable, __file__, "--pair-ports", str(echo_port), str(check_port)]
     echo_target, check_target = f"127.0.0.1:{echo_port}", f"127.0.0.1:{check_port}"
-    checker = serve_args("checker", check_port)
-    with (
-        process(echo, grpc_healthy(echo_target), "the echo service", logs / "echo.log"),
-        process(checker, grpc_healthy(check_target), "lema serve checker", logs / "checker.log"),
-    ):
+
+    def ready() -> bool:
+        return grpc_healthy(echo_target)() and grpc_healthy(check_target)()
+
+    with process(servers, ready, "the echo and checker servers", logs / "servers.log"):
         targets = {"echo": (echo_target, ECHO_METHOD), "checker": (check_target, "/lema.v1.CheckerService/Check")}
         rates = asyncio.run(check_rates(targets, calls, rounds))
     print(
         f"\n1. gRPC Check ({calls} calls per row in {rounds} rounds alternating echo and checker; "
-        "each server in its own process; one grpc.aio client)"
+        "both servers in one process; one grpc.aio client in another)"
     )
     print(f"{'server':<8} {'conc':>4} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7}")
     for name, by_concurrency in rates.items():
@@ -369,10 +386,10 @@ def main() -> None:
     parser.add_argument("--correct-calls", type=int, default=4, help="Correct calls at c=1 (x4 at c=16)")
     parser.add_argument("--questions", type=int, default=24, help="questions (x2 samples) for the sample stage")
     parser.add_argument("--concurrency", type=int, default=16, help="the LLM server's batch and the clients' window")
-    parser.add_argument("--echo-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--pair-ports", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.echo_port:
-        asyncio.run(serve_echo(args.echo_port))
+    if args.pair_ports:
+        serve_pair(*args.pair_ports)
         return
     skip = set(args.skip.split(","))
     with tempfile.TemporaryDirectory() as tmp:
