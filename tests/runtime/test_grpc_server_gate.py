@@ -126,6 +126,32 @@ def test_work_whose_deadline_passes_while_it_waits_for_a_thread_is_not_started(g
         server.stop()
 
 
+def test_work_of_a_call_its_caller_cancelled_while_it_waited_for_a_thread_is_not_started(gate: Gate) -> None:
+    server = serve(gate, blocking_threads=1)
+
+    def cancelled() -> float:
+        labels = {"service": "test.Gate", "method": "Wait", "code": "CANCELLED"}
+        return REGISTRY.get_sample_value("lema_rpc_requests_total", labels) or 0.0
+
+    before = cancelled()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            wait = channel.unary_unary(WAIT)
+            first = wait.future(b"first", timeout=30)
+            until(lambda: gate.started == [b"first"], "the first call's work running")
+            given_up = wait.future(b"given up", timeout=30)  # queued behind the first on the one thread
+            until(lambda: cancelled() == before and given_up.running(), "the second call sent")
+            time.sleep(0.2)  # let the server receive it before the client gives up
+            given_up.cancel()
+            until(lambda: cancelled() == before + 1, "the cancelled call counted as CANCELLED")
+            gate.open.set()
+            assert first.result() == b"first"
+            assert wait(b"next", timeout=10) == b"next"  # runs after wherever "given up" went on the same thread
+        assert gate.started == [b"first", b"next"]
+    finally:
+        server.stop()
+
+
 def test_stop_reports_not_serving_answers_while_draining_and_lets_in_flight_calls_finish(gate: Gate) -> None:
     server = serve(gate, drain_delay_s=1.0, grace_s=30)
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
