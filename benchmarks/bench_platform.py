@@ -39,7 +39,7 @@ from lema.runtime.kafka_worker import KafkaWorker
 from lema.v1 import checker_pb2, checker_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = REPO.parent / "shared" / "data" / "gsm8k_train.jsonl"
+TRAIN = REPO / "examples" / "data" / "gsm8k_train.jsonl"
 
 
 PLACES = ("A school", "A museum", "The old hotel", "A farm house", "Our library", "The castle", "A ship")
