@@ -40,7 +40,12 @@ class LLMSettings(Section):
     max_batch_requests: int = Field(
         64, gt=0, description="Concurrent calls (gRPC, Kafka, HTTP) merged into one batch (transformers, vllm)."
     )
-    batch_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more calls to join it.")
+    batch_wait_ms: float = Field(
+        50.0,
+        ge=0,
+        description="How long a batch waits for more calls to join it: callers answered by one batch send their next "
+        "calls over tens of ms on a loaded machine, and a straggler left out waits a whole generation.",
+    )
     # openai-compatible HTTP
     base_url: str | None = None
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the env var holding the key; never the key.")
