@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -42,6 +43,9 @@ from lema.stages.dataset import TableRow
 
 log = logging.getLogger(__name__)
 
+UPLOADS = 8
+"""Files of one commit uploaded at once (one per kind): a batch costs one store round trip, not one per kind."""
+
 RETRY_BACKOFF_S = (0.5, 10.0)
 """First and longest wait between tries of a commit the store refused."""
 
@@ -60,6 +64,7 @@ class DeltaSink:
         self.writer = writer
         self._lock = threading.Lock()  # the poll thread asks for offsets while a batch commits on another
         self._table = self._open_or_create() if create else self._open()
+        self._uploads = ThreadPoolExecutor(UPLOADS, thread_name_prefix="dataset-upload")
         self._seen = self._table.version()
         self._held: dict[str, int | None] = {}
         """Each app id looked up so far -> its version in the table as of commit `_seen` (None: not in the table)."""
@@ -164,7 +169,7 @@ class DeltaSink:
                     yield action["txn"]["appId"], action["txn"]["version"]
 
     def _commit(self, tables: Mapping[str, pa.Table], offsets: Mapping[str, int], held: Mapping[str, int]) -> None:
-        adds: list[AddAction | RemoveAction] = [self._write_file(kind, table) for kind, table in tables.items()]
+        adds: list[AddAction | RemoveAction] = list(self._uploads.map(self._write_file, tables, tables.values()))
         # Never move a partition's offset back: a writer that re-read part of a batch appends it again (duplicates
         # are removed on read), but keeps the furthest offset.
         versions = {app: max(version, held.get(app, -1)) for app, version in offsets.items()}
