@@ -144,17 +144,17 @@ class DeltaSink:
         latest = self._table.version()
         if self._held:
             for version in range(self._seen + 1, latest + 1):
-                for app, held in self._transactions(version):
+                for app, committed in self._transactions(version):
                     if app in self._held:
-                        self._held[app] = held
+                        self._held[app] = committed
         self._seen = latest
         found = {}
         for app in apps:
             if app not in self._held:
                 self._held[app] = self._table.transaction_version(app)
-            held = self._held[app]
-            if held is not None:
-                found[app] = held
+            offset = self._held[app]
+            if offset is not None:
+                found[app] = offset
         return found
 
     def _transactions(self, version: int) -> Iterator[tuple[str, int]]:
