@@ -4,12 +4,13 @@ Pushes `--records` records (a pipeline's mix: right and wrong paths, verified co
 dataset writer's code path — `DatasetWriterWorker.process` builds the rows, `commit` appends them with the batch's
 offsets as one Delta commit — in `--waves` waves of `--batch`-record batches, into a table on a moto S3 server
 (`--store local`: a directory). moto runs in a process of its own, so its request handling does not share the
-writer's GIL. Prints per wave the wall and CPU seconds (this process, delta-rs's threads included; on a shared
-machine CPU time is the steadier of the two) and the resident memory, then last wave / first wave for each (target
-<= 1.2; also the median of the last three over the first three), records/s (target >= 5,000), the time a restarted
-writer needs before it consumes (open the table, read its partitions' offsets) at a small and at a large table, and
-2 writer replicas (processes appending to the same table, each with its own partitions) against 1 on the same
-records, with each one's CPU seconds per 1,000 records (what bounds scale-out when the cores are busy).
+writer's GIL. Prints per wave the wall seconds, the median batch's milliseconds, the CPU seconds (this process,
+delta-rs's threads included; on a shared machine CPU time is the steadiest of the three) and the resident memory,
+then last wave / first wave for each (target <= 1.2; also the median of the last three over the first three),
+records/s (target >= 5,000), the time a restarted writer needs before it consumes (open the table, read its
+partitions' offsets) at a small and at a large table, and 2 writer replicas (processes appending to the same table,
+each with its own partitions) against 1 on the same records, with each one's CPU seconds per 1,000 records (what
+bounds scale-out when the cores are busy).
 
     python benchmarks/bench_dataset_sink.py [--records 200000] [--waves 10] [--batch 2000] [--store s3|local]
 """
@@ -196,11 +197,12 @@ def run(args: argparse.Namespace, store: dict[str, Any], server: int | None) -> 
     worker.commit({"bench/warmup/0": 1})
     print(f"warm-up batch (imports, table creation): {time.perf_counter() - started:.1f}s")
     sources = [f"bench/{topic}/0" for topic in warmup]
-    print(f"{'wave':>4} {'seconds':>8} {'CPU s':>6} {'records/s':>10} {'RSS MiB':>8}" + (" S3 CPU s" if server else ""))
-    times, cpu, memory, restarts = [], [], [], []
+    header = f"{'wave':>4} {'seconds':>8} {'batch ms':>8} {'CPU s':>6} {'records/s':>10} {'RSS MiB':>8}"
+    print(header + (" S3 CPU s" if server else ""))
+    times, medians, cpu, memory, restarts = [], [], [], [], []
     number = 0
     for wave in range(args.waves):
-        wall = cpu_used = 0.0
+        walls, cpu_used = [], 0.0
         server_started = cpu_s(server) if server else 0.0
         for batch in batches(wave * per_wave, per_wave, args.batch):  # each made outside the clock
             started, cpu_started = time.perf_counter(), time.process_time()
@@ -208,16 +210,19 @@ def run(args: argparse.Namespace, store: dict[str, Any], server: int | None) -> 
                 worker.process(topic, records)
             number += 1
             worker.commit({f"bench/{topic}/0": number for topic in batch})
-            wall += time.perf_counter() - started
+            walls.append(time.perf_counter() - started)
             cpu_used += time.process_time() - cpu_started
-        times.append(wall)
+        times.append(sum(walls))
+        medians.append(statistics.median(walls))
         cpu.append(cpu_used)
         memory.append(rss_mib())
-        line = f"{wave + 1:>4} {times[-1]:>8.2f} {cpu[-1]:>6.2f} {per_wave / times[-1]:>10.0f} {memory[-1]:>8.1f}"
+        line = f"{wave + 1:>4} {times[-1]:>8.2f} {1000 * medians[-1]:>8.1f} {cpu[-1]:>6.2f}"
+        line += f" {per_wave / times[-1]:>10.0f} {memory[-1]:>8.1f}"
         print(line + (f" {cpu_s(server) - server_started:>8.2f}" if server else ""))
         if wave in (0, args.waves - 1):
             restarts.append((number + 1, restart_s(config, sources)))
     print(f"time per wave, last/first:   {ratio(times)} (target <= 1.2)")
+    print(f"median batch, last/first:    {ratio(medians)} (a busy machine's stalls hit a wave's sum, less its median)")
     print(f"CPU per wave, last/first:    {ratio(cpu)}")
     print(f"RSS, last/first wave:        {ratio(memory)} (target <= 1.2)")
     print(f"records/s:                   {args.records / sum(times):.0f} (target >= 5000)")
@@ -232,6 +237,7 @@ def run(args: argparse.Namespace, store: dict[str, Any], server: int | None) -> 
     each = ", ".join(f"{1000 * c / (rate // 2):.3f}" for c in two_cpu)
     print(f"2 writers: {two:.1f}s ({rate / two:.0f} records/s, {rate / 2 / two:.0f} per replica), CPU {each} s/1,000")
     print(f"2 writers / 1 writer throughput: {one / two:.2f} ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
+    print(f"  CPU per record, 2 writers / 1: {sum(two_cpu) / one_cpu:.2f} (throughput scales with the cores they get)")
     print(f"  cores the 2 writers kept busy: {sum(two_cpu) / two:.2f}; 1 writer: {one_cpu / one:.2f}")
 
 
