@@ -65,14 +65,47 @@ def ratio(values: Sequence[float]) -> str:
     return f"{values[-1] / values[0]:.2f} (median of last 3 / first 3: {medians:.2f})"
 
 
-def restart_s(config: LemaSettings, sources: list[str], tries: int = 5) -> float:
-    """Median seconds a restarted writer takes before it consumes: open the table, read its partitions' offsets."""
-    times = []
-    for _ in range(tries):
-        started = time.perf_counter()
-        create_sink(config).offsets(sources)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def restart_s(config: LemaSettings, sources: list[str]) -> float:
+    """Seconds a restarted writer takes before it consumes: open the table, read its partitions' offsets."""
+    started = time.perf_counter()
+    create_sink(config).offsets(sources)
+    return time.perf_counter() - started
+
+
+def push_batch(worker: DatasetWriterWorker, batch: dict[str, list[Record]], number: int) -> tuple[float, float]:
+    """Wall and CPU seconds to process and commit one batch, as the `number`th offset of its partitions."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for topic, records in batch.items():
+        worker.process(topic, records)
+    worker.commit({f"bench/{topic}/0": number for topic in batch})
+    return time.perf_counter() - started, time.process_time() - cpu_started
+
+
+def interleaved(store: dict[str, Any], large: DatasetWriterWorker, commits: int, size: int, rounds: int) -> None:
+    """A batch and a restart on the large table against the same on a new one, alternated so that the machine's
+    load hits both alike: what the table's history adds, apart from the load's drift over the waves."""
+    new = settings(store, "bench-new")
+    small = DatasetWriterWorker(new, Resources(new))
+    small.commit()  # create the table
+    cost: dict[str, list[tuple[float, float]]] = {"large": [], "new": []}
+    for i, batch in enumerate(batches(2 * 10**9, 2 * rounds * size, size)):
+        if i % 2 == 0:
+            cost["large"].append(push_batch(large, batch, commits + i // 2 + 1))
+        else:
+            cost["new"].append(push_batch(small, batch, i // 2 + 1))
+    wall = {name: statistics.median(w for w, _ in values) for name, values in cost.items()}
+    cpu = {name: statistics.median(c for _, c in values) for name, values in cost.items()}
+    print(f"a batch at {commits} commits / on a new table (medians of {rounds}, alternated; target <= 1.2):")
+    print(f"  wall: {1000 * wall['large']:.1f} / {1000 * wall['new']:.1f} ms = {wall['large'] / wall['new']:.2f}")
+    print(f"  CPU:  {1000 * cpu['large']:.1f} / {1000 * cpu['new']:.1f} ms = {cpu['large'] / cpu['new']:.2f}")
+    sources = [f"bench/{topic}/0" for topic in (Topics.COT, Topics.MISTAKES, Topics.VERIFIED, Topics.DROPS)]
+    restarts: dict[str, list[float]] = {"large": [], "new": []}
+    for _ in range(rounds):
+        restarts["large"].append(restart_s(large.settings, sources))
+        restarts["new"].append(restart_s(small.settings, sources))
+    times = {name: statistics.median(values) for name, values in restarts.items()}
+    print(f"restart (open the table, read 4 partitions' offsets) at {commits + rounds} commits / on a new table:")
+    print(f"  {1000 * times['large']:.1f} / {1000 * times['new']:.1f} ms = {times['large'] / times['new']:.2f}")
 
 
 def batches(start: int, count: int, size: int) -> Iterator[dict[str, list[Record]]]:
@@ -115,8 +148,8 @@ def batches(start: int, count: int, size: int) -> Iterator[dict[str, list[Record
         yield batch
 
 
-def settings(store: dict[str, Any]) -> LemaSettings:
-    return LemaSettings.model_validate({"run": {"name": "bench"}, "store": store})
+def settings(store: dict[str, Any], run: str = "bench") -> LemaSettings:
+    return LemaSettings.model_validate({"run": {"name": run}, "store": store})
 
 
 def push(store: dict[str, Any], replica: int, start: int, count: int, size: int, ready: Any, out: Any) -> None:
@@ -196,22 +229,18 @@ def run(args: argparse.Namespace, store: dict[str, Any], server: int | None) -> 
         worker.process(topic, records)
     worker.commit({"bench/warmup/0": 1})
     print(f"warm-up batch (imports, table creation): {time.perf_counter() - started:.1f}s")
-    sources = [f"bench/{topic}/0" for topic in warmup]
     header = f"{'wave':>4} {'seconds':>8} {'batch ms':>8} {'CPU s':>6} {'records/s':>10} {'RSS MiB':>8}"
     print(header + (" S3 CPU s" if server else ""))
-    times, medians, cpu, memory, restarts = [], [], [], [], []
+    times, medians, cpu, memory = [], [], [], []
     number = 0
     for wave in range(args.waves):
         walls, cpu_used = [], 0.0
         server_started = cpu_s(server) if server else 0.0
         for batch in batches(wave * per_wave, per_wave, args.batch):  # each made outside the clock
-            started, cpu_started = time.perf_counter(), time.process_time()
-            for topic, records in batch.items():
-                worker.process(topic, records)
             number += 1
-            worker.commit({f"bench/{topic}/0": number for topic in batch})
-            walls.append(time.perf_counter() - started)
-            cpu_used += time.process_time() - cpu_started
+            wall, batch_cpu = push_batch(worker, batch, number)
+            walls.append(wall)
+            cpu_used += batch_cpu
         times.append(sum(walls))
         medians.append(statistics.median(walls))
         cpu.append(cpu_used)
@@ -219,17 +248,13 @@ def run(args: argparse.Namespace, store: dict[str, Any], server: int | None) -> 
         line = f"{wave + 1:>4} {times[-1]:>8.2f} {1000 * medians[-1]:>8.1f} {cpu[-1]:>6.2f}"
         line += f" {per_wave / times[-1]:>10.0f} {memory[-1]:>8.1f}"
         print(line + (f" {cpu_s(server) - server_started:>8.2f}" if server else ""))
-        if wave in (0, args.waves - 1):
-            restarts.append((number + 1, restart_s(config, sources)))
     print(f"time per wave, last/first:   {ratio(times)} (target <= 1.2)")
     print(f"median batch, last/first:    {ratio(medians)} (a busy machine's stalls hit a wave's sum, less its median)")
     print(f"CPU per wave, last/first:    {ratio(cpu)}")
     print(f"RSS, last/first wave:        {ratio(memory)} (target <= 1.2)")
     print(f"records/s:                   {args.records / sum(times):.0f} (target >= 5000)")
     print(f"CPU s per 1,000 records:     {1000 * sum(cpu) / args.records:.3f}")
-    (small, small_s), (large, large_s) = restarts
-    print(f"restart (open + offsets): {1000 * small_s:.0f} ms at {small} commits, {1000 * large_s:.0f} ms at {large}")
-    print(f"  large / small table:       {large_s / small_s:.2f} ({large / small:.0f}x the commits)")
+    interleaved(store, worker, number + 1, args.batch, rounds=10)
     one, (one_cpu,) = replicas(store, 1, args.replica_records, args.batch)
     two, two_cpu = replicas(store, 2, args.replica_records, args.batch)
     rate = args.replica_records
