@@ -120,7 +120,7 @@ class DatasetSettings(Section):
         2000, gt=0, description="Records the Kafka dataset writer appends per commit (its max poll size)."
     )
     checkpoint_interval: int = Field(
-        100, gt=0, description="Commits between table checkpoints: bounds how much log a (re)start reads."
+        10, gt=0, description="Commits between table checkpoints: bounds the log each commit and each (re)start reads."
     )
     commit_retry_s: float = Field(
         300.0, gt=0, description="How long a commit refused by an unreachable store is retried before failing."
