@@ -298,7 +298,7 @@ def stage_tokens_per_s(settings: LemaSettings, questions: list[Record]) -> float
     size = settings.sample.batch_size
     batches = [questions[i : i + size] for i in range(0, len(questions), size)]
     start = time.perf_counter()
-    for _ in process_windowed(worker, "questions", batches, batches_in_flight("sampler", settings)):
+    for _ in process_windowed(worker, "questions", batches, batches_in_flight("sampler", settings, size)):
         pass
     seconds = time.perf_counter() - start
     tokens = backend.usage.completion_tokens
