@@ -10,7 +10,7 @@
 4. The sample stage's tokens/s through the `openai` backend against `lema serve-llm` (SmolLM2, batching), as a ratio
    to a raw asyncio HTTP client sending the same requests at the same concurrency. Target >= 0.97x.
 
-    python benchmarks/bench_serving.py [--skip grpc,correct,kafka,sample] [--messages 600]
+    python benchmarks/bench_serving.py [--skip grpc,correct,kafka,sample] [--messages 4000]
 """
 
 from __future__ import annotations
@@ -334,7 +334,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: grpc, correct, kafka, sample")
     parser.add_argument("--calls", type=int, default=2000, help="gRPC Check calls per row")
-    parser.add_argument("--messages", type=int, default=600, help="Kafka input messages per stage")
+    parser.add_argument("--messages", type=int, default=4000, help="Kafka input messages per stage")
     parser.add_argument("--batch-size", type=int, default=64, help="messages per Kafka batch")
     parser.add_argument("--max-tokens", type=int, default=24, help="SmolLM2 tokens per Correct / sample call")
     parser.add_argument("--correct-calls", type=int, default=4, help="Correct calls at c=1 (x4 at c=16)")
