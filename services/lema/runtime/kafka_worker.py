@@ -105,6 +105,7 @@ class KafkaWorker:
         self.dependencies = dependencies or Dependencies(worker.name)
         self.stop = threading.Event()
         self._bus: KafkaBus | None = KafkaBus(settings, client_id=client_id)
+        self._bus_lock = threading.Lock()
         self.inbox = self._new_inbox()
         self._inbox_stale, self._inbox_generation = False, 0
         self.depth = batches_in_flight
@@ -215,14 +216,19 @@ class KafkaWorker:
         return KafkaInbox(self.settings, self.group, inputs, client_id=self.client_id, on_assign=self.on_assign)
 
     def _publish(self, messages: Sequence[RawMessage]) -> None:
-        """Publish and wait for every acknowledgement; after a failure the producer is rebuilt on the next try."""
-        if self._bus is None:
-            self._bus = KafkaBus(self.settings, client_id=self.client_id)
+        """Publish and wait for every acknowledgement; after a failure the producer is rebuilt on the next try (of
+        whichever batch in flight comes first: they share it)."""
+        with self._bus_lock:
+            if self._bus is None:
+                self._bus = KafkaBus(self.settings, client_id=self.client_id)
+            bus = self._bus
         try:
-            self._bus.publish_raw(messages)
+            bus.publish_raw(messages)
         except Exception:
-            self._bus.close(timeout_s=0)
-            self._bus = None
+            with self._bus_lock:
+                if self._bus is bus:
+                    self._bus = None
+            bus.close(timeout_s=0)
             raise
 
     # -- one batch (runs on the processing thread) -------------------------------------------------------------
