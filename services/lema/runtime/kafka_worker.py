@@ -123,7 +123,7 @@ class KafkaWorker:
                 self.step(poll_timeout_s)
             while self._window:
                 self._wait_for_head()
-                self._commit_head()
+                self._commit_finished()
         except Interrupted as exc:
             log.info("%s: %s; the batches in hand stay uncommitted", self.worker.name, exc)
         finally:
@@ -131,7 +131,8 @@ class KafkaWorker:
 
     def step(self, poll_timeout_s: float) -> int:
         """Poll while the window has room and start the polled batches; wait for the oldest batch when the window
-        is full or nothing came; commit every finished batch at the head. Returns how many messages it consumed.
+        is full or nothing came; commit the finished batches at the head together. Returns how many messages it
+        consumed.
 
         With one batch in flight, each step is one poll -> process -> produce -> commit cycle."""
         consumed = 0
@@ -146,8 +147,7 @@ class KafkaWorker:
             consumed = len(deliveries)
         if self._window and (not consumed or len(self._window) >= self.depth):
             self._wait_for_head()
-        while self._window and self._window[0].done.done():
-            self._commit_head()
+        self._commit_finished()
         return consumed
 
     def close(self) -> None:
@@ -177,11 +177,20 @@ class KafkaWorker:
             self._drop_inbox_if_transient(exc)
             head.result()
 
-    def _commit_head(self) -> None:
-        """Commit the oldest batch (its error, if processing it failed, propagates)."""
-        head = self._window.popleft()
-        head.done.result()
-        retry_transient(lambda: self._commit(head.deliveries, head.generation), self.dependencies, self.stop)
+    def _commit_finished(self) -> None:
+        """Commit the finished batches at the head of the window, in one request per consumer that polled them; a
+        batch whose processing failed raises its error, after those before it are committed."""
+        finished: list[_InFlight] = []
+        while self._window and self._window[0].done.done() and self._window[0].done.exception() is None:
+            finished.append(self._window.popleft())
+        for generation in dict.fromkeys(batch.generation for batch in finished):
+            deliveries = [d for batch in finished if batch.generation == generation for d in batch.deliveries]
+            self._commit_retrying(deliveries, generation)
+        if self._window and self._window[0].done.done():
+            self._window.popleft().done.result()
+
+    def _commit_retrying(self, deliveries: Sequence[Delivery], generation: int) -> None:
+        retry_transient(lambda: self._commit(deliveries, generation), self.dependencies, self.stop)
 
     def _commit(self, deliveries: Sequence[Delivery], generation: int) -> None:
         """Commit the batch, unless the consumer that polled it was replaced: its replacement rejoins the group
