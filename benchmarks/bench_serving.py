@@ -11,7 +11,7 @@
 4. The sample stage's tokens/s through the `openai` backend against `lema serve-llm` (SmolLM2, batching), as a ratio
    to a raw asyncio HTTP client sending the same requests at the same concurrency. Target >= 0.97x.
 
-    python benchmarks/bench_serving.py [--skip grpc,correct,kafka,sample] [--messages 600]
+    python benchmarks/bench_serving.py [--skip grpc,correct,kafka,sample] [--messages 4000]
 """
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ def stage_tokens_per_s(settings: LemaSettings, questions: list[Record]) -> float
     size = settings.sample.batch_size
     batches = [questions[i : i + size] for i in range(0, len(questions), size)]
     start = time.perf_counter()
-    for _ in process_windowed(worker, "questions", batches, batches_in_flight("sampler", settings)):
+    for _ in process_windowed(worker, "questions", batches, batches_in_flight("sampler", settings, size)):
         pass
     seconds = time.perf_counter() - start
     tokens = backend.usage.completion_tokens
@@ -339,7 +339,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: grpc, correct, kafka, sample")
     parser.add_argument("--calls", type=int, default=2000, help="gRPC Check calls per row")
-    parser.add_argument("--messages", type=int, default=600, help="Kafka input messages per stage")
+    parser.add_argument("--messages", type=int, default=4000, help="Kafka input messages per stage")
     parser.add_argument("--batch-size", type=int, default=64, help="messages per Kafka batch")
     parser.add_argument("--max-tokens", type=int, default=24, help="SmolLM2 tokens per Correct / sample call")
     parser.add_argument("--correct-calls", type=int, default=4, help="Correct calls at c=1 per round (48 at c=16)")
