@@ -3,9 +3,14 @@
 Pushes `--records` records (a pipeline's mix: right and wrong paths, verified corrections, drops) through the
 dataset writer's code path — `DatasetWriterWorker.process` builds the rows, `commit` appends them with the batch's
 offsets as one Delta commit — in `--waves` waves of `--batch`-record batches, into a table on a moto S3 server
-(`--store local`: a directory). Prints per wave the seconds and the resident memory, then last wave / first wave for
-both (target <= 1.2), records/s (target >= 5,000), and 2 writer replicas (processes appending to the same table,
-each with its own partitions) against 1 on the same records.
+(`--store local`: a directory). moto runs in a process of its own, so its request handling does not share the
+writer's GIL. Prints per wave the wall seconds, the median batch's milliseconds, the CPU seconds (this process,
+delta-rs's threads included; on a shared machine CPU time is the steadiest of the three) and the resident memory,
+then last wave / first wave for each (target <= 1.2; also the median of the last three over the first three),
+records/s (target >= 5,000), the time a restarted writer needs before it consumes (open the table, read its
+partitions' offsets) at a small and at a large table, and 2 writer replicas (processes appending to the same table,
+each with its own partitions) against 1 on the same records, with each one's CPU seconds per 1,000 records (what
+bounds scale-out when the cores are busy).
 
     python benchmarks/bench_dataset_sink.py [--records 200000] [--waves 10] [--batch 2000] [--store s3|local]
 """
@@ -16,23 +21,91 @@ import argparse
 import logging
 import multiprocessing
 import os
+import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lema.bus.base import Topics
 from lema.config import LemaSettings
+from lema.dataset import create_sink
 from lema.pipeline import DatasetWriterWorker, Resources
 from lema.records import Attempt, CorrectedAttempt, Correction, Drop, Question, ReasoningPath, Record
+from lema.runtime.infra import LOCAL_S3_ACCESS_KEY, LOCAL_S3_SECRET_KEY, LOOPBACK, LocalS3, free_port, wait_for_port
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+TICK = os.sysconf("SC_CLK_TCK")
 SOLUTION = "Step 1: She buys 3 boxes of 12 eggs, so 3 * 12 = 36 eggs.\nStep 2: She uses 9, so 36 - 9 = 27.\n"
 
 
 def rss_mib() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * PAGE / 2**20
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def serve_s3(port: int, stop: Any) -> None:
+    """moto's S3 server in a process of its own until `stop` is set."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
+    s3 = LocalS3(port)
+    stop.wait()
+    s3.stop()
+
+
+def ratio(values: Sequence[float]) -> str:
+    """Last / first, and the median of the last three / the first three."""
+    medians = statistics.median(values[-3:]) / statistics.median(values[:3])
+    return f"{values[-1] / values[0]:.2f} (median of last 3 / first 3: {medians:.2f})"
+
+
+def restart_s(config: LemaSettings, sources: list[str]) -> float:
+    """Seconds a restarted writer takes before it consumes: open the table, read its partitions' offsets."""
+    started = time.perf_counter()
+    create_sink(config).offsets(sources)
+    return time.perf_counter() - started
+
+
+def push_batch(worker: DatasetWriterWorker, batch: dict[str, list[Record]], number: int) -> tuple[float, float]:
+    """Wall and CPU seconds to process and commit one batch, as the `number`th offset of its partitions."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for topic, records in batch.items():
+        worker.process(topic, records)
+    worker.commit({f"bench/{topic}/0": number for topic in batch})
+    return time.perf_counter() - started, time.process_time() - cpu_started
+
+
+def interleaved(store: dict[str, Any], large: DatasetWriterWorker, commits: int, size: int, rounds: int) -> None:
+    """A batch and a restart on the large table against the same on a new one, alternated so that the machine's
+    load hits both alike: what the table's history adds, apart from the load's drift over the waves."""
+    new = settings(store, "bench-new")
+    small = DatasetWriterWorker(new, Resources(new))
+    small.commit()  # create the table
+    cost: dict[str, list[tuple[float, float]]] = {"large": [], "new": []}
+    for i, batch in enumerate(batches(2 * 10**9, 2 * rounds * size, size)):
+        if i % 2 == 0:
+            cost["large"].append(push_batch(large, batch, commits + i // 2 + 1))
+        else:
+            cost["new"].append(push_batch(small, batch, i // 2 + 1))
+    wall = {name: statistics.median(w for w, _ in values) for name, values in cost.items()}
+    cpu = {name: statistics.median(c for _, c in values) for name, values in cost.items()}
+    print(f"a batch at {commits} commits / on a new table (medians of {rounds}, alternated; target <= 1.2):")
+    print(f"  wall: {1000 * wall['large']:.1f} / {1000 * wall['new']:.1f} ms = {wall['large'] / wall['new']:.2f}")
+    print(f"  CPU:  {1000 * cpu['large']:.1f} / {1000 * cpu['new']:.1f} ms = {cpu['large'] / cpu['new']:.2f}")
+    sources = [f"bench/{topic}/0" for topic in (Topics.COT, Topics.MISTAKES, Topics.VERIFIED, Topics.DROPS)]
+    restarts: dict[str, list[float]] = {"large": [], "new": []}
+    for _ in range(rounds):
+        restarts["large"].append(restart_s(large.settings, sources))
+        restarts["new"].append(restart_s(small.settings, sources))
+    times = {name: statistics.median(values) for name, values in restarts.items()}
+    print(f"restart (open the table, read 4 partitions' offsets) at {commits + rounds} commits / on a new table:")
+    print(f"  {1000 * times['large']:.1f} / {1000 * times['new']:.1f} ms = {times['large'] / times['new']:.2f}")
 
 
 def batches(start: int, count: int, size: int) -> Iterator[dict[str, list[Record]]]:
@@ -75,29 +148,29 @@ def batches(start: int, count: int, size: int) -> Iterator[dict[str, list[Record
         yield batch
 
 
-def settings(store: dict[str, Any]) -> LemaSettings:
-    return LemaSettings.model_validate({"run": {"name": "bench"}, "store": store})
+def settings(store: dict[str, Any], run: str = "bench") -> LemaSettings:
+    return LemaSettings.model_validate({"run": {"name": run}, "store": store})
 
 
 def push(store: dict[str, Any], replica: int, start: int, count: int, size: int, ready: Any, out: Any) -> None:
     """One writer process: make its batches, wait for the others, then `process` + `commit` every batch with its
-    offsets; reports when it started and finished pushing."""
+    offsets; reports when it started and finished pushing, and the CPU seconds it used."""
     config = settings(store)
     worker = DatasetWriterWorker(config, Resources(config))
     inputs = list(batches(start, count, size))
     worker.commit()  # open the table before the clock starts
     ready.wait()
-    started = time.time()
+    started, cpu = time.time(), time.process_time()
     for number, batch in enumerate(inputs):
         for topic, records in batch.items():
             worker.process(topic, records)
         worker.commit({f"bench/{topic}/{replica}": number + 1 for topic in batch})
-    out.put((started, time.time()))
+    out.put((started, time.time(), time.process_time() - cpu))
 
 
-def replicas(store: dict[str, Any], writers: int, total: int, size: int) -> float:
+def replicas(store: dict[str, Any], writers: int, total: int, size: int) -> tuple[float, list[float]]:
     """Seconds from the first writer's start to the last one's end, `writers` processes appending `total` records
-    (each its own share and partitions) to one table together."""
+    (each its own share and partitions) to one table together; and each writer's CPU seconds."""
     context = multiprocessing.get_context("spawn")
     ready, out = context.Barrier(writers), context.Queue()
     share = total // writers
@@ -112,7 +185,7 @@ def replicas(store: dict[str, Any], writers: int, total: int, size: int) -> floa
     spans = [out.get(timeout=1800) for _ in processes]
     for process in processes:
         process.join()
-    return max(end for _, end in spans) - min(start for start, _ in spans)
+    return max(end for _, end, _ in spans) - min(start for start, _, _ in spans), [cpu for _, _, cpu in spans]
 
 
 def main() -> None:
@@ -124,55 +197,73 @@ def main() -> None:
     parser.add_argument("--store", choices=("s3", "local"), default="s3")
     args = parser.parse_args()
 
+    context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        s3 = None
+        server, stop = None, context.Event()
         if args.store == "s3":
-            from lema.runtime.infra import LocalS3
-
-            logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
-            s3 = LocalS3()
-            os.environ["LEMA_S3_ACCESS_KEY"], os.environ["LEMA_S3_SECRET_KEY"] = s3.access_key, s3.secret_key
-            store: dict[str, Any] = {"kind": "minio", "endpoint": s3.endpoint, "bucket": "bench"}
+            port = free_port()
+            server = context.Process(target=serve_s3, args=(port, stop))
+            server.start()
+            wait_for_port(port, 60, "the moto S3 server")
+            os.environ.update(LEMA_S3_ACCESS_KEY=LOCAL_S3_ACCESS_KEY, LEMA_S3_SECRET_KEY=LOCAL_S3_SECRET_KEY)
+            store: dict[str, Any] = {"kind": "minio", "endpoint": f"{LOOPBACK}:{port}", "bucket": "bench"}
         else:
             store = {"kind": "local", "root": tmp}
         try:
-            per_wave = args.records // args.waves
-            print(f"{args.records} records in {args.waves} waves of {per_wave}, batches of {args.batch}, {args.store}")
-            times, memory = [], []
-            config = settings(store)
-            worker = DatasetWriterWorker(config, Resources(config))
-            started = time.perf_counter()
-            (warmup,) = batches(10**9, args.batch, args.batch)  # imports, table creation: once per process
-            for topic, records in warmup.items():
-                worker.process(topic, records)
-            worker.commit({"bench/warmup/0": 1})
-            print(f"warm-up batch (imports, table creation): {time.perf_counter() - started:.1f}s")
-            print(f"{'wave':>4} {'seconds':>8} {'records/s':>10} {'RSS MiB':>8}")
-            number = 0
-            for wave in range(args.waves):
-                inputs = list(batches(wave * per_wave, per_wave, args.batch))  # made before the clock starts
-                started = time.perf_counter()
-                for batch in inputs:
-                    for topic, records in batch.items():
-                        worker.process(topic, records)
-                    number += 1
-                    worker.commit({f"bench/{topic}/0": number for topic in batch})
-                times.append(time.perf_counter() - started)
-                memory.append(rss_mib())
-                print(f"{wave + 1:>4} {times[-1]:>8.2f} {per_wave / times[-1]:>10.0f} {memory[-1]:>8.1f}")
-            print(f"time per wave, last/first:   {times[-1] / times[0]:.2f} (target <= 1.2)")
-            print(f"  (median of last 3 / first 3: {sorted(times[-3:])[1] / sorted(times[:3])[1]:.2f})")
-            print(f"RSS, last/first wave:        {memory[-1] / memory[0]:.2f} (target <= 1.2)")
-            print(f"records/s:                   {args.records / sum(times):.0f} (target >= 5000)")
-            one = replicas(store, 1, args.replica_records, args.batch)
-            two = replicas(store, 2, args.replica_records, args.batch)
-            rate = args.replica_records
-            print(f"1 writer:  {one:.1f}s ({rate / one:.0f} records/s)")
-            print(f"2 writers: {two:.1f}s ({rate / two:.0f} records/s)")
-            print(f"2 writers / 1 writer throughput: {one / two:.2f} (on {os.cpu_count()} cores)")
+            run(args, store, server.pid if server is not None else None)
         finally:
-            if s3 is not None:
-                s3.stop()
+            if server is not None:
+                stop.set()
+                server.join(timeout=30)
+
+
+def run(args: argparse.Namespace, store: dict[str, Any], server: int | None) -> None:
+    per_wave = args.records // args.waves
+    print(f"{args.records} records in {args.waves} waves of {per_wave}, batches of {args.batch}, {args.store}")
+    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
+    config = settings(store)
+    worker = DatasetWriterWorker(config, Resources(config))
+    started = time.perf_counter()
+    (warmup,) = batches(10**9, args.batch, args.batch)  # imports, table creation: once per process
+    for topic, records in warmup.items():
+        worker.process(topic, records)
+    worker.commit({"bench/warmup/0": 1})
+    print(f"warm-up batch (imports, table creation): {time.perf_counter() - started:.1f}s")
+    header = f"{'wave':>4} {'seconds':>8} {'batch ms':>8} {'CPU s':>6} {'records/s':>10} {'RSS MiB':>8}"
+    print(header + (" S3 CPU s" if server else ""))
+    times, medians, cpu, memory = [], [], [], []
+    number = 0
+    for wave in range(args.waves):
+        walls, cpu_used = [], 0.0
+        server_started = cpu_s(server) if server else 0.0
+        for batch in batches(wave * per_wave, per_wave, args.batch):  # each made outside the clock
+            number += 1
+            wall, batch_cpu = push_batch(worker, batch, number)
+            walls.append(wall)
+            cpu_used += batch_cpu
+        times.append(sum(walls))
+        medians.append(statistics.median(walls))
+        cpu.append(cpu_used)
+        memory.append(rss_mib())
+        line = f"{wave + 1:>4} {times[-1]:>8.2f} {1000 * medians[-1]:>8.1f} {cpu[-1]:>6.2f}"
+        line += f" {per_wave / times[-1]:>10.0f} {memory[-1]:>8.1f}"
+        print(line + (f" {cpu_s(server) - server_started:>8.2f}" if server else ""))
+    print(f"time per wave, last/first:   {ratio(times)} (target <= 1.2)")
+    print(f"median batch, last/first:    {ratio(medians)} (a busy machine's stalls hit a wave's sum, less its median)")
+    print(f"CPU per wave, last/first:    {ratio(cpu)}")
+    print(f"RSS, last/first wave:        {ratio(memory)} (target <= 1.2)")
+    print(f"records/s:                   {args.records / sum(times):.0f} (target >= 5000)")
+    print(f"CPU s per 1,000 records:     {1000 * sum(cpu) / args.records:.3f}")
+    interleaved(store, worker, number + 1, args.batch, rounds=10)
+    one, (one_cpu,) = replicas(store, 1, args.replica_records, args.batch)
+    two, two_cpu = replicas(store, 2, args.replica_records, args.batch)
+    rate = args.replica_records
+    print(f"1 writer:  {one:.1f}s ({rate / one:.0f} records/s), CPU {1000 * one_cpu / rate:.3f} s per 1,000 records")
+    each = ", ".join(f"{1000 * c / (rate // 2):.3f}" for c in two_cpu)
+    print(f"2 writers: {two:.1f}s ({rate / two:.0f} records/s, {rate / 2 / two:.0f} per replica), CPU {each} s/1,000")
+    print(f"2 writers / 1 writer throughput: {one / two:.2f} ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
+    print(f"  CPU per record, 2 writers / 1: {sum(two_cpu) / one_cpu:.2f} (throughput scales with the cores they get)")
+    print(f"  cores the 2 writers kept busy: {sum(two_cpu) / two:.2f}; 1 writer: {one_cpu / one:.2f}")
 
 
 if __name__ == "__main__":

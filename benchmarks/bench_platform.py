@@ -2,12 +2,14 @@
 
 1. gRPC `CheckerService.Check` latency, p50 and p99, at concurrency 1 and 64: a `lema serve checker` process and an
    asyncio client with that many calls in flight.
-2. Per-stage Kafka throughput (messages/s) as a ratio to calling the same stage directly (target >= 0.9). The LLM
-   stages use the replay backend, so the ratio measures the broker, serialisation and commits, not an LLM. The
-   recording they replay is made first by journaling a template backend that writes well-formed completions
-   (solutions, corrections, new questions) whose numbers vary with each request's seed.
+2. Per-stage Kafka throughput (messages/s) in steady state as a ratio to calling the same stage directly, with the
+   CPU time per message of each side, and the CPU time per message of the bus alone (the same messages consumed,
+   produced back and committed with no decoding and no stage): no stage runs over Kafka for less than the direct
+   cost plus that floor. The LLM stages use the replay backend, so the ratio measures the broker, serialisation and
+   commits, not an LLM. The recording they replay is made first by journaling a template backend that writes
+   well-formed completions (solutions, corrections, new questions) whose numbers vary with each request's seed.
 
-    python benchmarks/bench_platform.py [--messages 1500] [--batch-size 64] [--calls 2000]
+    python benchmarks/bench_platform.py [--messages 4000] [--batch-size 64] [--calls 2000]
 """
 
 from __future__ import annotations
@@ -22,24 +24,25 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lema.bus.base import Message, Topics
-from lema.bus.kafka import KafkaBus, ensure_topics
+from lema.bus.kafka import KafkaBus, KafkaInbox, RawMessage, ensure_topics
 from lema.config import BusSettings, LemaSettings, LLMSettings
 from lema.inputs import load_questions
 from lema.llm.base import Completion, GenerationRequest, TokenUsage
 from lema.llm.journal import JournaledBackend
-from lema.pipeline import Resources, build_worker
+from lema.pipeline import Resources, batches_in_flight, build_worker
 from lema.records import Record
 from lema.runtime.infra import LocalBroker, free_port
 from lema.runtime.kafka_worker import KafkaWorker
 from lema.v1 import checker_pb2, checker_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = REPO.parent / "shared" / "data" / "gsm8k_train.jsonl"
+TRAIN = REPO / "examples" / "data" / "gsm8k_train.jsonl"
 
 
 PLACES = ("A school", "A museum", "The old hotel", "A farm house", "Our library", "The castle", "A ship")
@@ -123,37 +126,75 @@ def warmed(settings: LemaSettings) -> Resources:
     return resources
 
 
-def direct(worker_name: str, topic: str, records: list[Record], settings: LemaSettings, batch: int) -> float:
+class Rate(NamedTuple):
+    """Steady-state throughput and this process's CPU time (every thread; not the broker's) per message."""
+
+    per_s: float
+    cpu_us: float
+
+
+def direct(worker_name: str, topic: str, records: list[Record], settings: LemaSettings, batch: int) -> Rate:
+    """The stage called in batches of `batch`, the first batch a warm-up left out of the clock."""
     resources = warmed(settings)
     worker = build_worker(worker_name, settings, resources)
-    start = time.perf_counter()
-    for i in range(0, len(records), batch):
+    worker.process(topic, records[:batch])
+    wall, cpu = time.perf_counter(), time.process_time()
+    for i in range(batch, len(records), batch):
         worker.process(topic, records[i : i + batch])
-    seconds = time.perf_counter() - start
+    measured = len(records) - batch
+    rate = Rate(measured / (time.perf_counter() - wall), (time.process_time() - cpu) / measured * 1e6)
     resources.close()
-    return len(records) / seconds
+    return rate
 
 
 def through_kafka(
     worker_name: str, topic: str, records: list[Record], settings: LemaSettings, bus: BusSettings
-) -> float:
-    """Steady state: the clock starts once the group has joined and the first batch is done."""
+) -> Rate:
+    """Steady state: the clock starts once the group has joined and the first batch is done; the worker runs with
+    the window `lema serve` gives it."""
     ensure_topics(bus, Topics.ALL, partitions=4, replication_factor=1)
     producer = KafkaBus(bus, client_id="bench-feed")
     producer.publish([Message(topic, r.key, r) for r in records])  # type: ignore[attr-defined]
     producer.close()
     resources = warmed(settings)
-    kafka = KafkaWorker(build_worker(worker_name, settings, resources), bus, client_id=f"bench-{worker_name}")
+    depth = batches_in_flight(worker_name, settings, bus.batch_size)
+    worker = build_worker(worker_name, settings, resources)
+    kafka = KafkaWorker(worker, bus, client_id=f"bench-{worker_name}", batches_in_flight=depth)
     first = 0
     while first == 0:
         first = kafka.step(0.2)
-    consumed, start = first, time.perf_counter()
+    consumed, wall, cpu = first, time.perf_counter(), time.process_time()
     while consumed < len(records):
         consumed += kafka.step(0.2)
-    seconds = time.perf_counter() - start
+    while kafka.step(0.2):  # the last batches' commits
+        pass
+    measured = len(records) - first
+    rate = Rate(measured / (time.perf_counter() - wall), (time.process_time() - cpu) / measured * 1e6)
     kafka.close()
     resources.close()
-    return (len(records) - first) / seconds
+    return rate
+
+
+def client_floor(records: list[Record], bus: BusSettings) -> float:
+    """CPU microseconds per message that the bus alone costs: the same messages consumed, produced back unchanged
+    (no decoding, no stage) and committed, in polls of `bus.batch_size`. No stage can run faster over Kafka."""
+    ensure_topics(bus, ["floor.in", "floor.out"], partitions=4, replication_factor=1)
+    producer = KafkaBus(bus, client_id="bench-floor")
+    producer.publish([Message("floor.in", r.key, r) for r in records])  # type: ignore[attr-defined]
+    inbox = KafkaInbox(bus, bus.group_prefix + "floor", ["floor.in"], client_id="bench-floor")
+    consumed = len(inbox.poll(5))
+    cpu = time.process_time()
+    measured = 0
+    while consumed < len(records):
+        deliveries = inbox.poll(0.5)
+        producer.publish_raw([RawMessage("floor.out", d.key, d.value, d.headers) for d in deliveries])
+        inbox.commit(deliveries)
+        consumed += len(deliveries)
+        measured += len(deliveries)
+    floor = (time.process_time() - cpu) / max(measured, 1) * 1e6
+    inbox.close()
+    producer.close()
+    return floor
 
 
 def kafka_table(broker: LocalBroker, messages: int, batch: int) -> None:
@@ -161,8 +202,11 @@ def kafka_table(broker: LocalBroker, messages: int, batch: int) -> None:
         recording = Path(tmp) / "recording.jsonl"
         inputs = stage_inputs(messages, recording)
         settings = settings_for(recording)
-        print(f"\nKafka stage throughput ({batch} messages per batch, replayed LLM)")
-        print(f"{'stage':<8} {'messages':>8} {'direct msg/s':>13} {'kafka msg/s':>12} {'ratio':>6}")
+        print(f"\nKafka stage throughput ({batch} messages per batch, replayed LLM, steady state after one batch)")
+        print(
+            f"{'stage':<8} {'messages':>8} {'direct msg/s':>13} {'kafka msg/s':>12} {'ratio':>6}"
+            f" {'direct CPU us/msg':>18} {'kafka CPU us/msg':>17}"
+        )
         for index, (stage, worker_name, topic, _) in enumerate(STAGES):
             records = inputs[stage]
             bus = BusSettings(
@@ -176,8 +220,14 @@ def kafka_table(broker: LocalBroker, messages: int, batch: int) -> None:
             )
             via_kafka = through_kafka(worker_name, topic, records, settings, bus)
             baseline = direct(worker_name, topic, records, settings, batch)
-            ratio = via_kafka / baseline
-            print(f"{stage:<8} {len(records):>8} {baseline:>13.0f} {via_kafka:>12.0f} {ratio:>6.2f}")
+            ratio = via_kafka.per_s / baseline.per_s
+            print(
+                f"{stage:<8} {len(records):>8} {baseline.per_s:>13.0f} {via_kafka.per_s:>12.0f} {ratio:>6.2f}"
+                f" {baseline.cpu_us:>18.1f} {via_kafka.cpu_us:>17.1f}"
+            )
+        bus = bus.model_copy(update={"topic_prefix": "floor.", "group_prefix": "floor-"})
+        floor = client_floor(inputs["check"], bus)
+        print(f"the bus alone (kafka-python; consume, produce unchanged, commit; no decoding): {floor:.1f} CPU us/msg")
 
 
 async def _latencies(target: str, concurrency: int, calls: int) -> list[float]:
@@ -230,7 +280,7 @@ def grpc_table(calls: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=1500, help="input messages per stage")
+    parser.add_argument("--messages", type=int, default=4000, help="input messages per stage (>= 2000 measured)")
     parser.add_argument("--batch-size", type=int, default=64, help="messages per Kafka batch and per direct call")
     parser.add_argument("--calls", type=int, default=2000, help="gRPC calls per concurrency level")
     args = parser.parse_args()

@@ -40,7 +40,12 @@ class LLMSettings(Section):
     max_batch_requests: int = Field(
         64, gt=0, description="Concurrent calls (gRPC, Kafka, HTTP) merged into one batch (transformers, vllm)."
     )
-    batch_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more calls to join it.")
+    batch_wait_ms: float = Field(
+        50.0,
+        ge=0,
+        description="How long a batch waits for more calls to join it: callers answered by one batch send their next "
+        "calls over tens of ms on a loaded machine, and a straggler left out waits a whole generation.",
+    )
     # openai-compatible HTTP
     base_url: str | None = None
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the env var holding the key; never the key.")
@@ -115,7 +120,7 @@ class DatasetSettings(Section):
         2000, gt=0, description="Records the Kafka dataset writer appends per commit (its max poll size)."
     )
     checkpoint_interval: int = Field(
-        100, gt=0, description="Commits between table checkpoints: bounds how much log a (re)start reads."
+        10, gt=0, description="Commits between table checkpoints: bounds the log each commit and each (re)start reads."
     )
     commit_retry_s: float = Field(
         300.0, gt=0, description="How long a commit refused by an unreachable store is retried before failing."

@@ -268,8 +268,8 @@ STAGE_OF: dict[tuple[str, str], str] = {
 """The LEMA stage each (worker, input topic) runs, for progress bars, timings and metrics."""
 
 
-def batches_in_flight(worker: str, settings: LemaSettings) -> int:
-    """How many input batches a runtime should have in process at once for `worker`.
+def batches_in_flight(worker: str, settings: LemaSettings, batch_size: int) -> int:
+    """How many input batches of `batch_size` messages a runtime should have in process at once for `worker`.
 
     A stage waits for its whole batch, so with one batch at a time the batch's tail leaves a batching LLM server
     with fewer than `max_concurrency` requests in flight. Enough further batches to fill that window keep it full;
@@ -277,9 +277,9 @@ def batches_in_flight(worker: str, settings: LemaSettings) -> int:
     workers call no LLM: one batch at a time.
     """
     if worker == "sampler":
-        models, requests = settings.sample.models, settings.sample.batch_size * settings.sample.samples_per_model
+        models, requests = settings.sample.models, batch_size * settings.sample.samples_per_model
     elif worker == "corrector":
-        models, requests = (settings.correct.model,), settings.correct.batch_size
+        models, requests = (settings.correct.model,), batch_size
     else:
         return 1
     window = max(settings.llms[model].max_concurrency for model in models)

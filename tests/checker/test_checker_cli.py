@@ -141,7 +141,7 @@ def test_the_command_writes_clean_jsonl_to_stdout_with_workers_running(tmp_path:
         ],
     )
     completed = subprocess.run(
-        [sys.executable, "-m", "lema.cli", "check", "--task", "math", "--input", str(source)],
+        [sys.executable, "-m", "lema", "check", "--task", "math", "--input", str(source)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -157,7 +157,7 @@ def test_a_bad_line_in_a_latex_file_is_one_line_although_the_workers_were_starti
     """`--task math` starts the symbolic workers before reading the input; a bad line stops them quietly."""
     source = _write(tmp_path / "in.jsonl", [{"response": "\\boxed{x}", "gold": "x"}, "{oops"])
     completed = subprocess.run(
-        [sys.executable, "-m", "lema.cli", "check", "--task", "math", "--input", str(source)],
+        [sys.executable, "-m", "lema", "check", "--task", "math", "--input", str(source)],
         check=False,
         capture_output=True,
         text=True,

@@ -173,3 +173,23 @@ def test_the_dataset_commands(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "no dataset table" in missing.output
     bad = runner.invoke(app, ["dataset", "export", RUN, "--format", "csv", *where])
     assert bad.exit_code == 2 and "unknown ['csv']" in bad.output
+
+
+def test_offsets_are_looked_up_once_then_followed_through_new_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = settings(tmp_path, checkpoint_interval=2)
+    writer, other = create_sink(config), create_sink(config)
+    lookups: list[str] = []
+    lookup = DeltaTable.transaction_version
+    monkeypatch.setattr(DeltaTable, "transaction_version", lambda table, app: lookups.append(app) or lookup(table, app))
+    assert writer.offsets(["g/drops/1"]) == {}
+    drops = records()[Topics.DROPS]
+    for offset in range(1, 6):  # the two writers' commits interleave, across checkpoints
+        assert writer.append(table_rows(Topics.DROPS, drops, config.dataset), {"g/drops/0": offset})
+        assert other.append(table_rows(Topics.DROPS, drops, config.dataset), {"g/drops/1": offset})
+    assert writer.offsets(["g/drops/0", "g/drops/1"]) == {"g/drops/0": 5, "g/drops/1": 5}
+    assert sorted(lookups) == ["g/drops/0", "g/drops/1", "g/drops/1"]  # once per sink and app id
+    assert list((tmp_path / RUN / "table" / "_delta_log").glob("*.checkpoint.parquet"))
+    # The other writer's batch redelivered to this one (a rebalance) is seen as held: skipped.
+    assert not writer.append(table_rows(Topics.DROPS, drops, config.dataset), {"g/drops/1": 5})

@@ -147,7 +147,7 @@ def test_kill_9_of_a_replica_mid_run_loses_and_doubles_nothing(
     bus = bus.model_copy(update={"session_timeout_ms": 30_000, "max_poll_interval_ms": 60_000})
     settings = settings_for(bus, s3, "killed-writer")
     config = write_config(tmp_path / "config.yaml", settings.model_dump(mode="json"))
-    total = int(os.environ.get("LEMA_TEST_KILL_RECORDS", "20000"))  # the 200,000: set it (about an hour here)
+    total = int(os.environ.get("LEMA_TEST_KILL_RECORDS", "20000"))  # the 200,000: set it (4 minutes here)
     chunk = max(2, total // 20)
     cot, dropped = attempts(0, total // 2), drops(0, total // 2)
     env = s3_env(s3)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,8 @@ from prometheus_client import REGISTRY
 from lema.bus.base import Message, Topics
 from lema.bus.kafka import KafkaBus, RawMessage, ensure_topics
 from lema.config import BusSettings, LemaSettings, LLMSettings
-from lema.pipeline import Resources, build_worker
+from lema.llm.base import Completion, GenerationRequest, TokenUsage
+from lema.pipeline import Resources, batches_in_flight, build_worker
 from lema.records import Attempt, Question, ReasoningPath
 from lema.runtime.failures import Dependencies
 from lema.runtime.infra import LocalBroker, free_port
@@ -250,3 +251,60 @@ def test_an_llm_outage_is_waited_out_without_dead_letters(bus: tuple[BusSettings
     assert changes == [False, True]
     assert REGISTRY.get_sample_value("lema_dependency_up", {"dependency": "llm"}) == 1.0
     assert read_topics(settings, [Topics.DLQ], expected=1, timeout_s=3) == []
+
+
+class ConcurrencyRecorder:
+    """An LLM that answers after a pause, recording the most requests it ever had in flight at once."""
+
+    model = "recorder"
+
+    def __init__(self, pause_s: float) -> None:
+        self.usage = TokenUsage()
+        self.pause_s = pause_s
+        self.in_flight = self.max_in_flight = 0
+        self._lock = threading.Lock()
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        with self._lock:
+            self.in_flight += len(requests)
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        time.sleep(self.pause_s)
+        with self._lock:
+            self.in_flight -= len(requests)
+        return [[Completion("Step 1: 5 + 7 = 12.\nThe answer is 12", 10, 10)] * r.n for r in requests]
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_sampler_keeps_max_concurrency_requests_in_flight_across_batch_boundaries(broker: LocalBroker) -> None:
+    """2 questions x 2 samples = 4 requests per batch: only batches in flight side by side fill 6 slots."""
+    settings = bus_settings(broker).model_copy(update={"batch_size": 2})
+    ensure_topics(settings, Topics.ALL, partitions=1, replication_factor=1)
+    questions = [Question.create(f"What is {i} plus {i}?", str(2 * i), "gsm8k", "t:1") for i in range(16)]
+    producer = KafkaBus(settings, client_id="test-window-feed")
+    producer.publish([Message(Topics.QUESTIONS, q.key, q) for q in questions])
+    producer.close()
+    lema_settings = LemaSettings.model_validate(
+        {
+            "llms": {"smollm2": {"max_concurrency": 6}},
+            "sample": {"models": ["smollm2"], "samples_per_model": 2},
+        }
+    )
+    llm = ConcurrencyRecorder(pause_s=0.3)
+    resources = Resources(lema_settings, backend_factory=lambda _name, _settings: llm)
+    depth = batches_in_flight("sampler", lema_settings, settings.batch_size)
+    worker = KafkaWorker(
+        build_worker("sampler", lema_settings, resources), settings, client_id="test-window", batches_in_flight=depth
+    )
+    try:
+        run_until(worker, len(questions))
+        while sum(committed(settings, "sampler").values()) < len(questions):
+            worker.step(0.5)
+    finally:
+        worker.close()
+        resources.close()
+    assert depth == 3
+    assert llm.max_in_flight >= 6, f"at most {llm.max_in_flight} requests in flight: a barrier between batches"
+    paths = read_topics(settings, [Topics.PATHS], expected=2 * len(questions))
+    assert len({d.key for d in paths}) == len(paths) == 2 * len(questions)  # each path once

@@ -191,13 +191,14 @@ class KafkaInbox:
         listener = _SeekOnAssign(self._consumer, self.prefix, group, on_assign) if on_assign is not None else None
         self._consumer.subscribe([self.prefix + t for t in topics], listener=listener)
 
-    def poll(self, timeout_s: float) -> list[Delivery]:
-        polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
-        return [
-            Delivery(tp.topic[len(self.prefix) :], tp.partition, r.offset, r.key, r.value, list(r.headers or ()))
-            for tp, records in polled.items()
-            for r in records
-        ]
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[Delivery]:
+        """Up to `max_records` messages (default: `bus.batch_size`), waiting at most `timeout_s` for the first."""
+        polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        deliveries: list[Delivery] = []
+        for tp, records in polled.items():
+            topic, partition = tp.topic[len(self.prefix) :], tp.partition
+            deliveries += [Delivery(topic, partition, r.offset, r.key, r.value, list(r.headers or ())) for r in records]
+        return deliveries
 
     def commit(self, deliveries: Sequence[Delivery]) -> bool:
         """Commit past the highest offset delivered on each partition; False if a rebalance took them away.

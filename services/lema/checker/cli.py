@@ -58,11 +58,13 @@ def check_command(
     ] = None,
 ) -> None:
     """Check responses against gold answers (GSM8K numbers, MATH LaTeX, multiple choice)."""
+    from lema.checker import prestart
     from lema.checker.pool import WorkerTemplate
 
     # LaTeX answers need the symbolic workers, whose start (importing sympy and Math-Verify) is the slowest part of a
-    # one-off command: it runs on another core while this process loads its settings and reads the input.
-    template = WorkerTemplate() if task == "math" else None
+    # one-off command: it runs on another core while this process loads its settings and reads the input. The `lema`
+    # command started it before parsing the command line; `lema.cli` called directly starts it here.
+    template = prestart.take() or (WorkerTemplate() if task == "math" else None)
     from lema.checker import Checker, CheckItem
     from lema.config import LemaSettings, load_settings
 

@@ -1,21 +1,26 @@
 """The Delta Lake dataset sink (delta-rs): every append is one table commit, with the Kafka offsets it consumed.
 
 Cost per append is flat: the rows become one Parquet file per kind, uploaded once, then a commit that adds them
-(no rewrite of anything written before); the table object follows the log incrementally, and a checkpoint every
-`dataset.checkpoint_interval` commits bounds what a (re)start reads. Offsets travel in the same commit as
+(no rewrite of anything written before). delta-rs replays every commit since the last checkpoint on each update and
+commit, so a checkpoint every `dataset.checkpoint_interval` commits bounds both that and what a (re)start reads;
+the expired-log cleanup that lists the whole log is left to `vacuum`. Offsets travel in the same commit as
 app transactions (`appId` = consumer group/topic/partition, `version` = the next offset to consume), the
-kafka-delta-ingest pattern: the table holds exactly the records up to the offsets it states. A writer that lost its
-partitions but still commits (a zombie) is refused by the log's conflict check on those app ids.
+kafka-delta-ingest pattern: the table holds exactly the records up to the offsets it states. Each app id is looked up
+in the table once (delta-rs replays the log for every lookup) and then followed through the commits that arrive,
+read one by one. A writer that lost its partitions but still commits (a zombie) is refused by the log's conflict
+check on those app ids.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -38,6 +43,9 @@ from lema.stages.dataset import TableRow
 
 log = logging.getLogger(__name__)
 
+UPLOADS = 8
+"""Files of one commit uploaded at once (one per kind): a batch costs one store round trip, not one per kind."""
+
 RETRY_BACKOFF_S = (0.5, 10.0)
 """First and longest wait between tries of a commit the store refused."""
 
@@ -56,6 +64,10 @@ class DeltaSink:
         self.writer = writer
         self._lock = threading.Lock()  # the poll thread asks for offsets while a batch commits on another
         self._table = self._open_or_create() if create else self._open()
+        self._uploads = ThreadPoolExecutor(UPLOADS, thread_name_prefix="dataset-upload")
+        self._seen = self._table.version()
+        self._held: dict[str, int | None] = {}
+        """Each app id looked up so far -> its version in the table as of commit `_seen` (None: not in the table)."""
 
     # -- opening -------------------------------------------------------------------------------------------------
     def _open(self) -> DeltaTable:
@@ -101,8 +113,7 @@ class DeltaSink:
             wait = RETRY_BACKOFF_S[0]
             while True:
                 try:
-                    self._table.update_incremental()  # others' commits: keeps our conflict checks short
-                    held = self._held(offsets)
+                    held = self._follow(offsets)
                     if offsets and all(held.get(app, -1) >= version for app, version in offsets.items()):
                         log.info("dataset: offsets %s already in the table; batch skipped", offsets)
                         return False
@@ -122,16 +133,43 @@ class DeltaSink:
                     time.sleep(wait)
                     wait = min(wait * 2, RETRY_BACKOFF_S[1])
 
-    def _held(self, offsets: Mapping[str, int]) -> dict[str, int]:
-        held = {}
-        for app in offsets:
-            version = self._table.transaction_version(app)
-            if version is not None:
-                held[app] = version
-        return held
+    def _follow(self, apps: Iterable[str]) -> dict[str, int]:
+        """Bring the table up to its newest commit (others' commits: keeps our conflict checks short) and return the
+        version the table holds for each of `apps` that it has.
+
+        Per call this reads only the commits since the last call, never the log before them: an app id is looked up
+        once, then its version is followed through each new commit's transaction actions.
+        """
+        self._table.update_incremental()
+        latest = self._table.version()
+        if self._held:
+            for version in range(self._seen + 1, latest + 1):
+                for app, committed in self._transactions(version):
+                    if app in self._held:
+                        self._held[app] = committed
+        self._seen = latest
+        found = {}
+        for app in apps:
+            if app not in self._held:
+                self._held[app] = self._table.transaction_version(app)
+            offset = self._held[app]
+            if offset is not None:
+                found[app] = offset
+        return found
+
+    def _transactions(self, version: int) -> Iterator[tuple[str, int]]:
+        """The (app id, version) transaction actions of one commit of the log."""
+        path = f"{self.location.root}/_delta_log/{version:020d}.json"
+        with self.location.filesystem.open_input_stream(path) as commit:
+            lines = commit.read().splitlines()
+        for line in lines:
+            if b'"txn"' in line:
+                action = json.loads(line)
+                if "txn" in action:
+                    yield action["txn"]["appId"], action["txn"]["version"]
 
     def _commit(self, tables: Mapping[str, pa.Table], offsets: Mapping[str, int], held: Mapping[str, int]) -> None:
-        adds: list[AddAction | RemoveAction] = [self._write_file(kind, table) for kind, table in tables.items()]
+        adds: list[AddAction | RemoveAction] = list(self._uploads.map(self._write_file, tables, tables.values()))
         # Never move a partition's offset back: a writer that re-read part of a batch appends it again (duplicates
         # are removed on read), but keeps the furthest offset.
         versions = {app: max(version, held.get(app, -1)) for app, version in offsets.items()}
@@ -144,7 +182,7 @@ class DeltaSink:
                 commit_properties=CommitProperties(
                     app_transactions=[Transaction(app, version) for app, version in sorted(versions.items())]
                 ),
-                post_commithook_properties=PostCommitHookProperties(create_checkpoint=True),
+                post_commithook_properties=PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False),
             )
         except BaseException:
             self._delete_files([add.path for add in adds])  # not in the log: nobody reads them
@@ -178,8 +216,7 @@ class DeltaSink:
     def offsets(self, sources: Sequence[str]) -> dict[str, int]:
         """The next offset to consume of each source the table has offsets for."""
         with self._lock:
-            self._table.update_incremental()
-            return self._held({source: 0 for source in sources})
+            return self._follow(sources)
 
     def read(self, kind: str, columns: Sequence[str]) -> pa.Table:
         """Every row of `kind` as committed (duplicates included; `lema.dataset.reader` removes them)."""
@@ -220,10 +257,13 @@ class DeltaSink:
 
     def vacuum(self, retention_hours: int) -> list[str]:
         """Delete files no commit of the last `retention_hours` references (replaced by compaction, or orphaned by a
-        failed commit). Keep it longer than any commit takes, or a file written for a commit in progress goes."""
+        failed commit), and log entries older than the table's log retention that a checkpoint replaces (writers
+        skip that clean-up: it lists the whole log). Keep `retention_hours` longer than any commit takes, or a file
+        written for a commit in progress goes."""
         with self._lock:
             self._table.update_incremental()
             removed: list[str] = self._table.vacuum(
                 retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False
             )
+            self._table.cleanup_metadata()
             return removed

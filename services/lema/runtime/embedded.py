@@ -192,7 +192,7 @@ class EmbeddedPipeline:
                 yield [m.record for m in batch]
 
         with self.clock.time(stage):
-            depth = batches_in_flight(worker.name, self.settings)
+            depth = batches_in_flight(worker.name, self.settings, size)
             for count, outputs in process_windowed(worker, topic, batches(), depth):
                 bus.publish(outputs)
                 if isinstance(worker, DatasetWriterWorker):

@@ -1,8 +1,11 @@
-"""A stage worker in a Kafka consumer group: consume a batch, process it, produce the results, then commit.
+"""A stage worker in a Kafka consumer group: consume batches, process them, produce the results, then commit.
 
-Offsets are committed only after the broker has acknowledged every result, so a crash at any point redelivers the
-batch (at-least-once); results are keyed by deterministic record ids, so a redelivered batch produces the same
-messages and the sink keeps each record once.
+Up to `batches_in_flight` batches are in process at once (the LLM stages: enough to keep a batching server's
+`max_concurrency` requests in flight across batch boundaries); the consumer polls the next batch while earlier ones
+are processed, and batches are committed in the order they were polled. Offsets are committed only after the broker
+has acknowledged every result of the batch, so a crash at any point redelivers the batches not committed
+(at-least-once); results are keyed by deterministic record ids, so a redelivered batch produces the same messages
+and the sink keeps each record once.
 
 Failures follow `lema.runtime.failures`: while a dependency (broker, store, LLM) is unavailable the batch is held
 with the partitions paused and retried with backoff until it is back — a producer or consumer the broker invalidated
@@ -16,8 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from lema.bus.base import Message, Topics
@@ -40,6 +44,15 @@ RECORD_OVERHEAD_BYTES = 512
 class _Item:
     delivery: Delivery
     record: Record
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """A polled batch being processed: committed once `done` has succeeded, unless its consumer was replaced."""
+
+    deliveries: Sequence[Delivery]
+    generation: int
+    done: Future[None]
 
 
 @dataclass(frozen=True)
@@ -75,11 +88,13 @@ class KafkaWorker:
         on_assign: PositionsOnAssign | None = None,
         retry_backoff_s: float = 0.5,
         dependencies: Dependencies | None = None,
+        batches_in_flight: int = 1,
     ) -> None:
-        """`on_batch` runs on the processing thread once a batch's results are published, before its offsets are
+        """`on_batch` runs on a processing thread once a batch's results are published, before its offsets are
         committed; `on_assign` positions newly assigned partitions (both for the dataset writer, whose table
-        commits rows together with the offsets they came from); `dependencies` is told when the broker, store or an
-        LLM goes down or comes back (health follows it)."""
+        commits rows together with the offsets they came from, one batch at a time); `dependencies` is told when
+        the broker, store or an LLM goes down or comes back (health follows it); `batches_in_flight` is
+        `lema.pipeline.batches_in_flight` for the worker and `bus.batch_size`."""
         self.worker = worker
         self.settings = settings
         self.group = settings.group_prefix + worker.name
@@ -90,41 +105,50 @@ class KafkaWorker:
         self.dependencies = dependencies or Dependencies(worker.name)
         self.stop = threading.Event()
         self._bus: KafkaBus | None = KafkaBus(settings, client_id=client_id)
+        self._bus_lock = threading.Lock()
         self.inbox = self._new_inbox()
         self._inbox_stale, self._inbox_generation = False, 0
-        self._processing = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{worker.name}-batch")
+        self.depth = batches_in_flight
+        self._window: deque[_InFlight] = deque()
+        self._processing = ThreadPoolExecutor(max_workers=self.depth, thread_name_prefix=f"{worker.name}-batch")
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event, poll_timeout_s: float = 0.5) -> None:
-        """Consume until `stop` is set; a batch in progress is finished and committed first (unless it is waiting
-        for a dependency: then it is left uncommitted, to be redelivered)."""
+        """Consume until `stop` is set; batches in progress are finished and committed first (unless one is waiting
+        for a dependency: then it and those polled after it are left uncommitted, to be redelivered)."""
         self.stop = stop
         log.info("%s: consuming %s as group %s", self.worker.name, ", ".join(self.worker.inputs), self.group)
         try:
             while not stop.is_set():
                 self.step(poll_timeout_s)
+            while self._window:
+                self._wait_for_head()
+                self._commit_finished()
         except Interrupted as exc:
-            log.info("%s: %s; the batch in hand stays uncommitted", self.worker.name, exc)
+            log.info("%s: %s; the batches in hand stay uncommitted", self.worker.name, exc)
         finally:
             self.close()
 
     def step(self, poll_timeout_s: float) -> int:
-        """One poll -> process -> produce -> commit cycle; returns how many messages it consumed."""
-        deliveries = retry_transient(lambda: self._poll(poll_timeout_s), self.dependencies, self.stop)
-        self._report_lag()
-        if not deliveries:
-            return 0
-        generation = self._inbox_generation
-        batch = self._processing.submit(self._handle, deliveries)
-        try:
-            self.inbox.wait_paused(batch)
-        except Exception as exc:  # the consumer failed while keeping the group: the batch still finishes
-            if classify(exc) is None:
-                raise
-            self._drop_inbox_if_transient(exc)
-            batch.result()
-        retry_transient(lambda: self._commit(deliveries, generation), self.dependencies, self.stop)
-        return len(deliveries)
+        """Poll while the window has room and start the polled batches; wait for the oldest batch when the window
+        is full or nothing came; commit the finished batches at the head together. Returns how many messages it
+        consumed.
+
+        With one batch in flight, each step is one poll -> process -> produce -> commit cycle."""
+        consumed = 0
+        if len(self._window) < self.depth:
+            room = (self.depth - len(self._window)) * self.settings.batch_size
+            deliveries = retry_transient(lambda: self._poll(poll_timeout_s, room), self.dependencies, self.stop)
+            self._report_lag()
+            for start in range(0, len(deliveries), self.settings.batch_size):
+                batch = deliveries[start : start + self.settings.batch_size]
+                done = self._processing.submit(self._handle, batch)
+                self._window.append(_InFlight(batch, self._inbox_generation, done))
+            consumed = len(deliveries)
+        if self._window and (not consumed or len(self._window) >= self.depth):
+            self._wait_for_head()
+        self._commit_finished()
+        return consumed
 
     def close(self) -> None:
         self._processing.shutdown(wait=True)
@@ -134,13 +158,39 @@ class KafkaWorker:
             self._bus.close(timeout_s=None if self.dependencies.all_up else 0)
 
     # -- the consumer and producer, rebuilt when the broker invalidated them ----------------------------------
-    def _poll(self, timeout_s: float) -> list[Delivery]:
+    def _poll(self, timeout_s: float, max_records: int) -> list[Delivery]:
         self._ensure_inbox()
         try:
-            return self.inbox.poll(timeout_s)
+            return self.inbox.poll(timeout_s, max_records)
         except Exception as exc:
             self._drop_inbox_if_transient(exc)
             raise
+
+    def _wait_for_head(self) -> None:
+        """Wait for the oldest batch, staying in the group without fetching more."""
+        head = self._window[0].done
+        try:
+            self.inbox.wait_paused(head)
+        except Exception as exc:  # the consumer failed while keeping the group: the batch still finishes
+            if classify(exc) is None:
+                raise
+            self._drop_inbox_if_transient(exc)
+            head.result()
+
+    def _commit_finished(self) -> None:
+        """Commit the finished batches at the head of the window, in one request per consumer that polled them; a
+        batch whose processing failed raises its error, after those before it are committed."""
+        finished: list[_InFlight] = []
+        while self._window and self._window[0].done.done() and self._window[0].done.exception() is None:
+            finished.append(self._window.popleft())
+        for generation in dict.fromkeys(batch.generation for batch in finished):
+            deliveries = [d for batch in finished if batch.generation == generation for d in batch.deliveries]
+            self._commit_retrying(deliveries, generation)
+        if self._window and self._window[0].done.done():
+            self._window.popleft().done.result()
+
+    def _commit_retrying(self, deliveries: Sequence[Delivery], generation: int) -> None:
+        retry_transient(lambda: self._commit(deliveries, generation), self.dependencies, self.stop)
 
     def _commit(self, deliveries: Sequence[Delivery], generation: int) -> None:
         """Commit the batch, unless the consumer that polled it was replaced: its replacement rejoins the group
@@ -175,14 +225,19 @@ class KafkaWorker:
         return KafkaInbox(self.settings, self.group, inputs, client_id=self.client_id, on_assign=self.on_assign)
 
     def _publish(self, messages: Sequence[RawMessage]) -> None:
-        """Publish and wait for every acknowledgement; after a failure the producer is rebuilt on the next try."""
-        if self._bus is None:
-            self._bus = KafkaBus(self.settings, client_id=self.client_id)
+        """Publish and wait for every acknowledgement; after a failure the producer is rebuilt on the next try (of
+        whichever batch in flight comes first: they share it)."""
+        with self._bus_lock:
+            if self._bus is None:
+                self._bus = KafkaBus(self.settings, client_id=self.client_id)
+            bus = self._bus
         try:
-            self._bus.publish_raw(messages)
+            bus.publish_raw(messages)
         except Exception:
-            self._bus.close(timeout_s=0)
-            self._bus = None
+            with self._bus_lock:
+                if self._bus is bus:
+                    self._bus = None
+            bus.close(timeout_s=0)
             raise
 
     # -- one batch (runs on the processing thread) -------------------------------------------------------------
@@ -202,7 +257,8 @@ class KafkaWorker:
             except WireError as exc:
                 log.warning("%s: dead-lettering %s", self.worker.name, self._where(delivery, str(exc)))
                 dead.append(self._dead_letter(delivery, f"malformed message: {exc}", attempts=1))
-        produced: list[tuple[str, Message]] = []
+        produced: list[Message] = []
+        produced_by: Counter[tuple[str, str]] = Counter()  # (stage, output topic) -> messages
         encoded: list[RawMessage] = []
         for topic, items in by_topic.items():
             stage = STAGE_OF.get((self.worker.name, topic), self.worker.name)
@@ -210,17 +266,18 @@ class KafkaWorker:
             outcome = self._process(topic, items)
             metrics.STAGE_BATCH_DURATION.labels(stage).observe(time.perf_counter() - started)
             metrics.STAGE_RECORDS_IN.labels(stage, topic).inc(len(items))
-            produced += [(stage, message) for message in outcome.messages]
+            produced += outcome.messages
+            produced_by.update((stage, message.topic) for message in outcome.messages)
             encoded += outcome.encoded
             dead += outcome.dead
         outgoing = encoded + [letter.message for letter in dead]
         retry_transient(lambda: self._publish(outgoing), self.dependencies, self.stop)
-        # Counted once the broker has acknowledged them.
-        for stage, message in produced:
-            metrics.STAGE_RECORDS_OUT.labels(stage, message.topic).inc()
-        metrics.observe_outputs(message for _, message in produced)
-        for letter in dead:
-            metrics.DEAD_LETTERS.labels(self.group, letter.source_topic).inc()
+        # Counted once the broker has acknowledged them, once per label in the batch.
+        for (stage, topic), count in produced_by.items():
+            metrics.STAGE_RECORDS_OUT.labels(stage, topic).inc(count)
+        metrics.observe_outputs(produced)
+        for source, count in Counter(letter.source_topic for letter in dead).items():
+            metrics.DEAD_LETTERS.labels(self.group, source).inc(count)
         if self.on_batch is not None:
             on_batch = self.on_batch
             retry_transient(lambda: on_batch(deliveries), self.dependencies, self.stop)

@@ -6,6 +6,7 @@ each (service, method, code, stage, topic, verdict, model) — never record ids.
 
 from __future__ import annotations
 
+from collections import Counter as TallyCounter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -53,17 +54,27 @@ DEAD_LETTERS = Counter(
 
 
 def observe_outputs(messages: Iterable[Message]) -> None:
-    """Count what a stage produced: verdicts, correction outcomes and drops are read off the records themselves."""
+    """Count what a stage produced: verdicts, correction outcomes and drops are read off the records themselves
+    (tallied first, so each label is incremented once per batch)."""
+    verdicts: TallyCounter[str] = TallyCounter()
+    outcomes: TallyCounter[str] = TallyCounter()
+    drops: TallyCounter[tuple[str, str]] = TallyCounter()
     for message in messages:
         record = message.record
         if isinstance(record, Attempt) and record.path.verdict is not None:
-            CHECKER_VERDICTS.labels(record.path.verdict).inc()
+            verdicts[record.path.verdict] += 1
         elif isinstance(record, CorrectedAttempt) and message.topic == Topics.VERIFIED:
-            CORRECTIONS.labels("verified").inc()
+            outcomes["verified"] += 1
         elif isinstance(record, Drop):
-            DROPS.labels(record.stage, record.reason).inc()
+            drops[record.stage, record.reason] += 1
             if record.stage == VERIFY_STAGE:
-                CORRECTIONS.labels("rejected").inc()
+                outcomes["rejected"] += 1
+    for verdict, count in verdicts.items():
+        CHECKER_VERDICTS.labels(verdict).inc(count)
+    for outcome, count in outcomes.items():
+        CORRECTIONS.labels(outcome).inc(count)
+    for (stage, reason), count in drops.items():
+        DROPS.labels(stage, reason).inc(count)
 
 
 class LLMUsageCollector(Collector):

@@ -16,7 +16,7 @@ import threading
 
 from lema.bus.base import Topics
 from lema.bus.kafka import ensure_topics
-from lema.pipeline import DatasetWriterWorker, Resources, Worker, build_worker
+from lema.pipeline import DatasetWriterWorker, Resources, Worker, batches_in_flight, build_worker
 from lema.runtime import metrics
 from lema.runtime.dataset_writer import TableOffsets, save_run_config
 from lema.runtime.failures import BROKER, LLM, STORE, Dependencies, Interrupted, retry_transient
@@ -126,6 +126,7 @@ class ServiceProcess:
                 on_batch=on_batch,
                 on_assign=on_assign,
                 dependencies=self.dependencies,
+                batches_in_flight=batches_in_flight(worker.name, self.settings, bus.batch_size),
             ),
             self.dependencies,
             self.stop,
