@@ -20,7 +20,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
 from lema.config import LemaSettings
-from lema.llm.base import Completion, GenerationRequest, TokenUsage
+from lema.llm.base import Completion, GenerationRequest, LLMBackend, TokenUsage
+from lema.llm.batching import BatchingBackend
 from lema.pipeline import Resources
 from lema.runtime.grpc_server import GrpcServer
 from lema.runtime.services import service_bindings
@@ -380,8 +381,11 @@ class Scripted:
     def __init__(self, model: str, text: str, before: Callable[[], object] = lambda: None) -> None:
         self.model, self.text, self.before = model, text, before
         self.usage = TokenUsage()
+        self.batches: list[int] = []
+        """The number of requests in each `generate` call."""
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        self.batches.append(len(requests))
         self.before()
         return [[Completion(self.text, 1, 1)] * request.n for request in requests]
 
@@ -389,7 +393,9 @@ class Scripted:
         pass
 
 
-def serve_models(names: Sequence[str], backends: dict[str, Scripted], **server: object) -> tuple[GrpcServer, Resources]:
+def serve_models(
+    names: Sequence[str], backends: dict[str, LLMBackend], **server: object
+) -> tuple[GrpcServer, Resources]:
     """A server for the model services `names`, their LLMs answered by `backends` (by LLM name)."""
     llms = {name: {"backend": "replay", "recording": "unused.jsonl"} for name in backends}
     first = next(iter(backends))
@@ -409,20 +415,22 @@ def serve_models(names: Sequence[str], backends: dict[str, Scripted], **server: 
     return grpc_server, resources
 
 
-def test_concurrent_calls_reach_the_llm_backend_together(tmp_path: Path) -> None:
-    """A batching backend can only share batches among calls that reach it at once: 4 calls meet inside it."""
-    meeting = threading.Barrier(4, timeout=10)
+def test_concurrent_correct_calls_share_one_batch_of_the_engine(tmp_path: Path) -> None:
+    """In-process backends batch across callers (`BatchingBackend`): 8 concurrent calls must reach it together."""
     corrected = "Incorrect step: 1\nExplanation: it adds.\nCorrected solution:\nStep 1: 3 * 4 = 12.\nThe answer is 12"
-    server, resources = serve_models(["corrector"], {"smollm2": Scripted("smollm2", corrected, meeting.wait)})
+    model = Scripted("smollm2", corrected)
+    engine = BatchingBackend(model, max_batch_requests=8, batch_wait_ms=10_000)  # the wait: only a hang guard
+    server, resources = serve_models(["corrector"], {"smollm2": engine})
     request = corrector_pb2.CorrectRequest(
         question="3 boxes hold 4 pens each. How many pens?", wrong_solution="3 + 4 = 7. The answer is 7", task="gsm8k"
     )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             corrector = corrector_pb2_grpc.CorrectorServiceStub(channel)
-            calls = [corrector.Correct.future(request, timeout=60) for _ in range(4)]
+            calls = [corrector.Correct.future(request, timeout=60) for _ in range(8)]
             replies = [call.result() for call in calls]
-        assert [reply.correction.answer for reply in replies] == ["12"] * 4
+        assert [reply.correction.answer for reply in replies] == ["12"] * 8
+        assert model.batches == [8]
     finally:
         server.stop()
         resources.close()
