@@ -245,7 +245,8 @@ class ServiceBinding:
 
 
 class GrpcServer:
-    """The service's gRPC server, driven from ordinary threads: every method blocks until the loop has done it."""
+    """The service's gRPC server, driven from ordinary threads (never from its own loop's): every method blocks until
+    the loop has done it."""
 
     def __init__(self, settings: ServerSettings, services: Sequence[ServiceBinding]) -> None:
         self.settings = settings
