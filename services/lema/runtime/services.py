@@ -18,7 +18,7 @@ import grpc
 from pydantic import ValidationError
 
 from lema.checker import CheckItem, CheckResult, extract_answer
-from lema.config import LemaSettings
+from lema.config import LemaSettings, SampleSettings
 from lema.llm.base import LLMError
 from lema.pipeline import Resources
 from lema.records import Attempt, Question, ReasoningPath, Task, stable_id
@@ -193,16 +193,15 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
         for model in models:
             await _ensure_time_left(context)
             try:
-                attempts = await self.blocking.run(
-                    context,
-                    lambda model=model: sample_questions(
-                        [question], self.resources.llm(model), settings, self.settings.run.prompts_dir
-                    ),
-                )
+                attempts = await self.blocking.run(context, self._sample, question, model, settings)
             except LLMError as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"the LLM backend {model!r} failed: {exc}")
             for attempt in attempts:
                 yield to_message(attempt.path, records_pb2.ReasoningPath)
+
+    def _sample(self, question: Question, model: str, settings: SampleSettings) -> list[Attempt]:
+        """The blocking part: one model's samples of the question."""
+        return sample_questions([question], self.resources.llm(model), settings, self.settings.run.prompts_dir)
 
 
 class CorrectorServicer(corrector_pb2_grpc.CorrectorServiceServicer):
