@@ -1,8 +1,9 @@
 """Serving speed, measured in one run, each result as a ratio to a baseline measured beside it.
 
-1. gRPC `CheckerService.Check`: calls/s and p50/p99 at concurrency 1 and 64 against `lema serve checker`, and the
-   same client against a minimal `grpc.aio` echo service (the ceiling of Python gRPC on this machine).
-   Targets: calls/s at c=64 >= 0.8x the echo's; p99 <= 2x the echo's.
+1. gRPC `CheckerService.Check`: calls/s and p50/p99 at concurrency 1 and 64 against the checker's gRPC server (as
+   `lema serve checker` runs it), and the same client against a minimal `grpc.aio` echo service (the ceiling of
+   Python gRPC on this machine), both in one process, in rounds that alternate the two so that load from elsewhere
+   hits both alike. Targets: calls/s at c=64 >= 0.8x the echo's; p99 <= 2x the echo's.
 2. gRPC `CorrectorService.Correct` on SmolLM2 (transformers backend, short max_tokens): calls/s at concurrency 16
    (three full batches a round) as a ratio to concurrency 1, rounds interleaved; concurrent calls share the model's
    batches. Target >= 4x.
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import os
 import statistics
 import subprocess
@@ -38,7 +41,10 @@ from lema.config import LemaSettings
 from lema.llm.base import Completion, GenerationRequest, TokenUsage
 from lema.pipeline import Resources, SamplerWorker, batches_in_flight, process_windowed
 from lema.records import Question, Record
+from lema.runtime.grpc_server import GrpcServer
 from lema.runtime.infra import free_port
+from lema.runtime.services import service_bindings
+from lema.runtime.settings import ServiceSettings
 from lema.v1 import checker_pb2, corrector_pb2, corrector_pb2_grpc
 
 ECHO_METHOD = "/bench.Echo/Check"
@@ -149,36 +155,73 @@ def percentile(latencies: Sequence[float], fraction: float) -> float:
     return latencies[int(fraction * (len(latencies) - 1))] * 1000
 
 
-async def check_rates(target: str, method: str, calls: int) -> dict[int, tuple[float, float, float]]:
-    """{concurrency: (calls/s, p50 ms, p99 ms)} for unary CheckRequest -> CheckResponse calls to `method`."""
-    rates = {}
-    async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(
-            method,
-            request_serializer=checker_pb2.CheckRequest.SerializeToString,
-            response_deserializer=checker_pb2.CheckResponse.FromString,
-        )
-        await closed_loop(lambda _: call(CHECK_REQUEST, timeout=30), 8, 200)  # warm-up
+async def check_rates(
+    targets: dict[str, tuple[str, str]], calls: int, rounds: int
+) -> dict[str, dict[int, tuple[float, float, float]]]:
+    """{server: {concurrency: (calls/s, p50 ms, p99 ms)}} for unary CheckRequest -> CheckResponse calls, `targets`
+    naming each server's (address, method). Each concurrency runs in `rounds` rounds that call every server in turn,
+    the order flipped every round, so load from elsewhere on the machine hits every server alike."""
+    per_round = max(1, calls // rounds)
+    rates: dict[str, dict[int, tuple[float, float, float]]] = {name: {} for name in targets}
+    async with contextlib.AsyncExitStack() as stack:
+        stubs = {}
+        for name, (target, method) in targets.items():
+            channel = await stack.enter_async_context(grpc.aio.insecure_channel(target))
+            call = channel.unary_unary(
+                method,
+                request_serializer=checker_pb2.CheckRequest.SerializeToString,
+                response_deserializer=checker_pb2.CheckResponse.FromString,
+            )
+            stubs[name] = functools.partial(call, CHECK_REQUEST, timeout=30)
+            await closed_loop(lambda _, call=stubs[name]: call(), 8, 200)  # warm-up
         for concurrency in (1, 64):
-            rate, latencies = await closed_loop(lambda _: call(CHECK_REQUEST, timeout=30), concurrency, calls)
-            rates[concurrency] = (rate, statistics.median(latencies) * 1000, percentile(latencies, 0.99))
+            seconds = dict.fromkeys(targets, 0.0)
+            latencies: dict[str, list[float]] = {name: [] for name in targets}
+            for round_ in range(rounds):
+                for name in list(targets)[:: 1 if round_ % 2 == 0 else -1]:
+                    rate, measured = await closed_loop(lambda _, call=stubs[name]: call(), concurrency, per_round)
+                    seconds[name] += per_round / rate
+                    latencies[name] += measured
+            for name, measured in latencies.items():
+                measured.sort()
+                rate = len(measured) / seconds[name]
+                rates[name][concurrency] = (rate, statistics.median(measured) * 1000, percentile(measured, 0.99))
     return rates
 
 
-def grpc_check(calls: int, logs: Path) -> None:
+def serve_pair(echo_port: int, check_port: int) -> None:
+    """The checker's gRPC server, built as `lema serve checker` builds it (on its own event-loop thread), and the
+    echo service (on the main thread), in one process: the scheduler then places both alike. As two processes at this
+    load, two identical echo services measured up to 30% apart; in one process, within 10%."""
+    settings = ServiceSettings.model_validate(
+        {"server": {"host": "127.0.0.1", "grpc_port": check_port, "metrics_port": 0, "drain_delay_s": 0}}
+    )
+    resources = Resources(settings)
+    _ = resources.checker  # loaded before SERVING, as `lema serve` does
+    GrpcServer(settings.server, service_bindings("checker", settings, resources)).start()
+    asyncio.run(serve_echo(echo_port))
+
+
+def grpc_check(calls: int, rounds: int, logs: Path) -> None:
     echo_port, check_port = free_port(), free_port()
-    echo = [sys.executable, __file__, "--echo-port", str(echo_port)]
+    servers = [sys.executable, __file__, "--pair-ports", str(echo_port), str(check_port)]
     echo_target, check_target = f"127.0.0.1:{echo_port}", f"127.0.0.1:{check_port}"
-    with process(echo, grpc_healthy(echo_target), "the echo service", logs / "echo.log"):
-        ceiling = asyncio.run(check_rates(echo_target, ECHO_METHOD, calls))
-    checker = serve_args("checker", check_port)
-    with process(checker, grpc_healthy(check_target), "lema serve checker", logs / "checker.log"):
-        measured = asyncio.run(check_rates(check_target, "/lema.v1.CheckerService/Check", calls))
-    print(f"\n1. gRPC Check ({calls} calls per row; each server in its own process; one grpc.aio client)")
+
+    def ready() -> bool:
+        return grpc_healthy(echo_target)() and grpc_healthy(check_target)()
+
+    with process(servers, ready, "the echo and checker servers", logs / "servers.log"):
+        targets = {"echo": (echo_target, ECHO_METHOD), "checker": (check_target, "/lema.v1.CheckerService/Check")}
+        rates = asyncio.run(check_rates(targets, calls, rounds))
+    print(
+        f"\n1. gRPC Check ({calls} calls per row in {rounds} rounds alternating echo and checker; "
+        "both servers in one process; one grpc.aio client in another)"
+    )
     print(f"{'server':<8} {'conc':>4} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7}")
-    for name, rates in (("echo", ceiling), ("checker", measured)):
-        for concurrency, (rate, p50, p99) in rates.items():
+    for name, by_concurrency in rates.items():
+        for concurrency, (rate, p50, p99) in by_concurrency.items():
             print(f"{name:<8} {concurrency:>4} {rate:>8.0f} {p50:>7.2f} {p99:>7.2f}")
+    ceiling, measured = rates["echo"], rates["checker"]
     throughput = measured[64][0] / ceiling[64][0]
     tail = measured[64][2] / ceiling[64][2]
     print(f"Check/echo at c=64: throughput {throughput:.2f}x (target >= 0.8), p99 {tail:.2f}x (target <= 2)")
@@ -338,7 +381,10 @@ def sample_stage(questions_count: int, concurrency: int, max_tokens: int, logs: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: grpc, correct, kafka, sample")
-    parser.add_argument("--calls", type=int, default=2000, help="gRPC Check calls per row")
+    parser.add_argument("--calls", type=int, default=6000, help="gRPC Check calls per row")
+    parser.add_argument(
+        "--check-rounds", type=int, default=20, help="alternating echo/checker rounds the Check calls are split into"
+    )
     parser.add_argument("--messages", type=int, default=4000, help="Kafka input messages per stage")
     parser.add_argument("--batch-size", type=int, default=64, help="messages per Kafka batch")
     parser.add_argument("--max-tokens", type=int, default=24, help="SmolLM2 tokens per Correct / sample call")
@@ -346,16 +392,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved c=1 / c=16 rounds of Correct calls")
     parser.add_argument("--questions", type=int, default=24, help="questions (x2 samples) for the sample stage")
     parser.add_argument("--concurrency", type=int, default=16, help="the LLM server's batch and the clients' window")
-    parser.add_argument("--echo-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--pair-ports", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.echo_port:
-        asyncio.run(serve_echo(args.echo_port))
+    if args.pair_ports:
+        serve_pair(*args.pair_ports)
         return
     skip = set(args.skip.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
         if "grpc" not in skip:
-            grpc_check(args.calls, logs)
+            grpc_check(args.calls, args.check_rounds, logs)
         if "correct" not in skip:
             correct_concurrency(args.max_tokens, args.correct_calls, args.rounds, logs)
         if "kafka" not in skip:

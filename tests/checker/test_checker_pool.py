@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from checker_testing import warm
 
-from lema.checker import Checker, CheckItem
+from lema.checker import Checker, CheckItem, CheckResult
 from lema.config import CheckerSettings
 from lema.records import Task
 
@@ -132,3 +132,11 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_check_fast_decides_without_the_worker_processes() -> None:
+    """It runs inline on the gRPC event loop, so it must never wait on a worker: even a closed checker answers."""
+    closed = Checker(CheckerSettings(workers=1))
+    closed.close()
+    assert closed.check_fast(CheckItem("The answer is 18.", "18", "gsm8k")) == CheckResult(True, "18", "numeric_equal")
+    assert closed.check_fast(CheckItem("\\boxed{x^2-1}", "(x-1)(x+1)", "math")) is None  # only Math-Verify can say

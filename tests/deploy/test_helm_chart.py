@@ -293,6 +293,11 @@ def test_rendered_config_files_load_with_lemas_own_settings(
         values["ports"]["metrics"],
     )
     assert settings.server.auth == ("token" if values["secrets"]["grpcToken"]["secretName"] else "none")
+    server = values["config"]["server"]
+    assert (settings.server.max_concurrent_rpcs, settings.server.blocking_threads) == (
+        server["max_concurrent_rpcs"],
+        server["blocking_threads"],
+    )
     if values["training"]["enabled"]:
         train_path = tmp_path / "train.yaml"
         train_path.write_text(yaml.safe_dump(config_file(manifests, "lema-train-config", "train.yaml")))
@@ -611,3 +616,10 @@ def test_the_dataset_writer_scales_out_like_any_service() -> None:
         if m.body["spec"]["scaleTargetRef"]["name"].endswith("dataset-writer")
     ]
     assert scaler.body["spec"]["maxReplicas"] > 1
+
+
+def test_server_limits_from_values_reach_the_services_config() -> None:
+    manifests = render({"config": {"server": {"max_concurrent_rpcs": 7, "blocking_threads": 3}}})
+    server = config_file(manifests, "lema-config", "config.yaml")["server"]
+    assert (server["max_concurrent_rpcs"], server["blocking_threads"]) == (7, 3)
+    assert server["grpc_port"] == 50051  # the chart's own server settings stay beside them

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
 from lema.config import LemaSettings
+from lema.llm.base import Completion, GenerationRequest, LLMBackend, TokenUsage
+from lema.llm.batching import BatchingBackend
 from lema.pipeline import Resources
 from lema.runtime.grpc_server import GrpcServer
 from lema.runtime.services import service_bindings
@@ -208,6 +211,10 @@ def test_calls_are_counted_by_service_method_and_code(checker: checker_pb2_grpc.
     checker.Check(checker_pb2.CheckRequest(response="The answer is 2", gold="2", task="gsm8k"))
     with pytest.raises(grpc.RpcError):
         checker.Check(checker_pb2.CheckRequest(response="The answer is 2", gold="2", task="nope"))
+    # An aborted call is counted just after its status goes out, so the client may look a moment too early.
+    deadline = time.monotonic() + 30
+    while count("INVALID_ARGUMENT") == before_bad and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert (count("OK"), count("INVALID_ARGUMENT")) == (before_ok + 1, before_bad + 1)
 
 
@@ -354,3 +361,109 @@ def test_the_images_health_check_speaks_tls_and_token_as_the_chart_uses_it(
         assert health_check.main([*tls, "--check-answer", target, target]) == 1  # a Check does
     finally:
         secured.stop()
+
+
+def test_check_settles_symbolic_and_long_responses_on_the_blocking_threads(
+    checker: checker_pb2_grpc.CheckerServiceStub,
+) -> None:
+    symbolic = checker.Check(
+        checker_pb2.CheckRequest(response="\\boxed{\\frac{\\sqrt{2}}{2}}", gold="\\frac{1}{\\sqrt{2}}", task="math"),
+        timeout=60,
+    )
+    assert (symbolic.correct, symbolic.reason) == (True, "symbolic_equal")
+    long = "Step: nothing yet.\n" * 2000 + "The answer is 12"
+    assert checker.Check(checker_pb2.CheckRequest(response=long, gold="12", task="gsm8k"), timeout=30).correct
+
+
+class Scripted:
+    """An LLM backend answering every request with `text`, after `before()` (which may block to shape a test)."""
+
+    def __init__(self, model: str, text: str, before: Callable[[], object] = lambda: None) -> None:
+        self.model, self.text, self.before = model, text, before
+        self.usage = TokenUsage()
+        self.batches: list[int] = []
+        """The number of requests in each `generate` call."""
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        self.batches.append(len(requests))
+        self.before()
+        return [[Completion(self.text, 1, 1)] * request.n for request in requests]
+
+    def close(self) -> None:
+        pass
+
+
+def serve_models(
+    names: Sequence[str], backends: dict[str, LLMBackend], **server: object
+) -> tuple[GrpcServer, Resources]:
+    """A server for the model services `names`, their LLMs answered by `backends` (by LLM name)."""
+    llms = {name: {"backend": "replay", "recording": "unused.jsonl"} for name in backends}
+    first = next(iter(backends))
+    settings = LemaSettings.model_validate(
+        {
+            "llms": llms,
+            "sample": {"models": list(backends), "samples_per_model": 2},
+            "correct": {"model": first},
+            "evolve": {"model": first},
+        }
+    )
+    resources = Resources(settings, backend_factory=lambda name, _: backends[name])
+    bindings = [b for name in names for b in service_bindings(name, settings, resources)]
+    server_settings = ServerSettings.model_validate({"host": "127.0.0.1", "grpc_port": 0, "drain_delay_s": 0, **server})
+    grpc_server = GrpcServer(server_settings, bindings)
+    grpc_server.start()
+    return grpc_server, resources
+
+
+def test_concurrent_correct_calls_share_one_batch_of_the_engine(tmp_path: Path) -> None:
+    """In-process backends batch across callers (`BatchingBackend`): 8 concurrent calls must reach it together."""
+    corrected = "Incorrect step: 1\nExplanation: it adds.\nCorrected solution:\nStep 1: 3 * 4 = 12.\nThe answer is 12"
+    model = Scripted("smollm2", corrected)
+    engine = BatchingBackend(model, max_batch_requests=8, batch_wait_ms=10_000)  # the wait: only a hang guard
+    server, resources = serve_models(["corrector"], {"smollm2": engine})
+    request = corrector_pb2.CorrectRequest(
+        question="3 boxes hold 4 pens each. How many pens?", wrong_solution="3 + 4 = 7. The answer is 7", task="gsm8k"
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            corrector = corrector_pb2_grpc.CorrectorServiceStub(channel)
+            calls = [corrector.Correct.future(request, timeout=60) for _ in range(8)]
+            replies = [call.result() for call in calls]
+        assert [reply.correction.answer for reply in replies] == ["12"] * 8
+        assert model.batches == [8]
+    finally:
+        server.stop()
+        resources.close()
+
+
+def test_sample_streams_each_models_paths_as_soon_as_that_model_answers(tmp_path: Path) -> None:
+    first_received = threading.Event()
+
+    def after_first() -> None:
+        assert first_received.wait(10), "the fast model's paths never reached the client before the slow one answered"
+
+    backends = {
+        "fast": Scripted("fast", "Step 1: 2 + 3 = 5.\nThe answer is 5"),
+        "slow": Scripted("slow", "Step 1: 2 + 2 = 4.\nThe answer is 4", after_first),
+    }
+    server, resources = serve_models(["sampler"], backends)
+
+    def count(code: str) -> float:
+        labels = {"service": "lema.v1.SamplerService", "method": "Sample", "code": code}
+        return REGISTRY.get_sample_value("lema_rpc_requests_total", labels) or 0.0
+
+    before = count("OK")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stream = sampler_pb2_grpc.SamplerServiceStub(channel).Sample(
+                sampler_pb2.SampleRequest(question="Sam has 2 hats and buys 3. How many?", task="gsm8k"), timeout=60
+            )
+            first = next(stream)
+            first_received.set()  # only now may the slow model answer
+            paths = [first, *stream]
+        assert [(p.model, p.answer) for p in paths] == [("fast", "5")] * 2 + [("slow", "4")] * 2
+        assert count("OK") == before + 1
+    finally:
+        first_received.set()
+        server.stop()
+        resources.close()

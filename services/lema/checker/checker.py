@@ -91,6 +91,12 @@ class Checker:
         """Whether `response` reaches `gold` (a bare answer or a whole reference solution)."""
         return self._settle(self._decide(CheckItem(response, gold, task, tuple(choices))))
 
+    def check_fast(self, item: CheckItem) -> CheckResult | None:
+        """The verdict when a rule without Math-Verify decides it, else None (then `check` it). It never waits on a
+        worker process, so an event loop may call it inline."""
+        outcome = self._decide_fast(item)
+        return outcome if isinstance(outcome, CheckResult) else None
+
     def check_batch(self, items: Sequence[CheckItem]) -> list[CheckResult]:
         """Results in input order; symbolic checks run in parallel on the worker processes."""
         decided = [self._decide(item) for item in items]
@@ -100,6 +106,12 @@ class Checker:
             return [next(settled) if isinstance(outcome, _Symbolic) else outcome for outcome in decided]
 
     def _decide(self, item: CheckItem) -> CheckResult | _Symbolic:
+        outcome = self._decide_fast(item)
+        if isinstance(outcome, _Symbolic):
+            self._pool.start()  # overlaps the workers' start with deciding the rest of a batch
+        return outcome
+
+    def _decide_fast(self, item: CheckItem) -> CheckResult | _Symbolic:
         extraction = extract_answer(item.response, item.task, item.choices, self._patterns)
         predicted = extraction.answer
         if predicted is None:
@@ -116,7 +128,6 @@ class Checker:
             return CheckResult(decided[0], predicted, decided[1])
         if item.task == "gsm8k":
             return CheckResult(False, predicted, "not_a_number")
-        self._pool.start()  # overlaps the workers' start with deciding the rest of a batch
         return _Symbolic(gold, predicted)
 
     def _settle(self, outcome: CheckResult | _Symbolic) -> CheckResult:

@@ -24,7 +24,12 @@ class ServerSettings(Section):
     grpc_port: int = Field(50051, ge=0, le=65535, description="0 picks a free port (tests).")
     metrics_port: int = Field(9400, ge=0, le=65535, description="Prometheus /metrics over HTTP; 0 picks a free port.")
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest gRPC message sent or received.")
-    max_workers: int = Field(32, gt=0, description="Threads serving gRPC calls concurrently.")
+    max_concurrent_rpcs: int = Field(
+        256, gt=0, description="Calls in progress at once (health probes count); more are RESOURCE_EXHAUSTED."
+    )
+    blocking_threads: int = Field(
+        32, gt=0, description="Threads running calls' blocking work (LLM generation, symbolic checks) concurrently."
+    )
     tls_cert: Path | None = Field(None, description="PEM certificate chain; with tls_key, the server speaks TLS.")
     tls_key: Path | None = None
     auth: Literal["none", "token"] = Field("none", description="'token': every call needs 'Bearer <token>'.")
