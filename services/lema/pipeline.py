@@ -272,9 +272,11 @@ def batches_in_flight(worker: str, settings: LemaSettings, batch_size: int) -> i
     """How many input batches of `batch_size` messages a runtime should have in process at once for `worker`.
 
     A stage waits for its whole batch, so with one batch at a time the batch's tail leaves a batching LLM server
-    with fewer than `max_concurrency` requests in flight. Enough further batches to fill that window keep it full;
-    results are published per batch, so nothing else changes. The evolver keeps per-process state and the other
-    workers call no LLM: one batch at a time.
+    with fewer than `max_concurrency` requests in flight. The window holds the batch being finished plus twice
+    `max_concurrency` requests: a server answers a whole batch of requests at once, and the window's next
+    `max_concurrency` requests, already waiting for a slot, take the freed slots together (requests from a batch
+    started only then arrive late and miss the server's next batch). Results are published per batch, so nothing
+    else changes. The evolver keeps per-process state and the other workers call no LLM: one batch at a time.
     """
     if worker == "sampler":
         models, requests = settings.sample.models, batch_size * settings.sample.samples_per_model
@@ -283,7 +285,7 @@ def batches_in_flight(worker: str, settings: LemaSettings, batch_size: int) -> i
     else:
         return 1
     window = max(settings.llms[model].max_concurrency for model in models)
-    return 1 + math.ceil(window / requests)
+    return 1 + math.ceil(2 * window / requests)
 
 
 def process_windowed(

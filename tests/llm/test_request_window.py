@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from llm_testing import FaultyServer
 
 from lema.config import LemaSettings
+from lema.pipeline import batches_in_flight
 from lema.records import Question
 from lema.runtime.embedded import EmbeddedPipeline
 
@@ -35,3 +37,25 @@ def test_sample_stage_fills_max_concurrency_across_batch_boundaries(tmp_path: Pa
             result = pipeline.run(questions)
     assert result.summary["processed"]["sample"] == 12
     assert during_sampling == [6]
+
+
+@pytest.mark.parametrize(("max_concurrency", "questions_per_batch"), [(16, 4), (16, 8), (6, 2), (4, 16), (64, 3)])
+def test_the_window_holds_a_second_server_batch_ready_behind_the_one_in_flight(
+    max_concurrency: int, questions_per_batch: int
+) -> None:
+    """A server answers a whole batch at once; the requests that refill its slots must already be waiting in the
+    window, not in a batch the stage starts only after the head batch's results are handed on."""
+    settings = LemaSettings.model_validate(
+        {
+            "llms": {"remote": {"backend": "openai", "model": "m", "base_url": "http://x", "max_concurrency": 4}}
+            | {"big": {"backend": "openai", "model": "b", "base_url": "http://x", "max_concurrency": max_concurrency}},
+            "sample": {"models": ["remote", "big"], "samples_per_model": 2, "batch_size": questions_per_batch},
+            "correct": {"model": "big"},
+            "evolve": {"model": "big"},
+        }
+    )
+    for worker, requests_per_batch in (("sampler", 2 * questions_per_batch), ("corrector", questions_per_batch)):
+        depth = batches_in_flight(worker, settings, questions_per_batch)
+        behind_the_head_batch = (depth - 1) * requests_per_batch
+        assert behind_the_head_batch >= 2 * max_concurrency
+    assert batches_in_flight("checker", settings, questions_per_batch) == 1
