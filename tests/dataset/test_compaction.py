@@ -13,7 +13,7 @@ from deltalake import DeltaTable
 from test_sink import RUN, exported, settings
 
 from lema.config import LemaSettings
-from lema.dataset import create_sink, delta
+from lema.dataset import create_sink, delta, reader
 from lema.dataset.base import DatasetSink
 from lema.dataset.table import COLUMNS, TableLocation
 from lema.stages.dataset import table_rows
@@ -143,3 +143,16 @@ def test_compaction_of_a_table_without_small_files_commits_nothing(tmp_path: Pat
     version = sink.version()
     assert sink.compact() == {"numFilesRemoved": 0, "numFilesAdded": 0}
     assert sink.version() == version
+
+
+def test_files_that_deduplication_wrote_are_compacted_with_the_same_rows(tmp_path: Path) -> None:
+    config = settings(tmp_path, compact_every_commits=0)
+    sink = create_sink(config)
+    append_round(sink, config, 0, 1)
+    append_round(sink, config, 0, 2)
+    reader.deduplicate(sink)  # delta-rs writes these files
+    append_round(sink, config, 0, 3)
+    before, export = rows(sink), exported(sink, config, tmp_path / "a")
+    assert sink.compact()["numFilesRemoved"] > 0
+    assert rows(sink) == before
+    assert exported(sink, config, tmp_path / "b") == export

@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -53,6 +54,7 @@ from lema.dataset.table import (
     SCHEMA,
     TableLocation,
     batch_counters,
+    kind_columns,
     to_arrow,
 )
 from lema.stages.dataset import TableRow
@@ -337,21 +339,23 @@ class DeltaSink:
         return [RemoveAction(path, False, now, size, {"kind": kind}) for size, path in group]
 
     def _merge(self, kind: str, group: Sequence[tuple[int, str]]) -> AddAction:
-        """One file with the rows of `group`'s files, read one at a time, in row groups of `COMPACT_ROW_GROUP`."""
+        """One file with the rows of `group`'s files, in row groups of `COMPACT_ROW_GROUP`; the files are read
+        `UPLOADS` at a time (on S3 each read is a round trip) and written out as they come."""
         relative = f"kind={kind}/part-{uuid.uuid4().hex}.parquet"
         path = f"{self.location.root}/{relative}"
+        sources = [f"{self.location.root}/{source}" for _, source in group]
         rows, pending = 0, []
         with (
             self.location.filesystem.open_output_stream(path) as out,
             pq.ParquetWriter(out, FILE_SCHEMA, compression="zstd") as writer,
         ):
-            for _, source in group:
-                table = pq.read_table(f"{self.location.root}/{source}", filesystem=self.location.filesystem)
-                pending.append(table.select(FILE_SCHEMA.names).cast(FILE_SCHEMA))
-                rows += table.num_rows
-                if sum(t.num_rows for t in pending) >= COMPACT_ROW_GROUP:
-                    writer.write_table(pa.concat_tables(pending), row_group_size=COMPACT_ROW_GROUP)
-                    pending = []
+            for start in range(0, len(sources), 4 * UPLOADS):  # what is in memory: a few dozen small files
+                for table in self._uploads.map(partial(self._read_file, kind), sources[start : start + 4 * UPLOADS]):
+                    pending.append(table)
+                    rows += table.num_rows
+                    if sum(t.num_rows for t in pending) >= COMPACT_ROW_GROUP:
+                        writer.write_table(pa.concat_tables(pending), row_group_size=COMPACT_ROW_GROUP)
+                        pending = []
             if pending:
                 writer.write_table(pa.concat_tables(pending), row_group_size=COMPACT_ROW_GROUP)
         return AddAction(
@@ -362,6 +366,16 @@ class DeltaSink:
             data_change=False,
             stats=f'{{"numRecords":{rows}}}',
         )
+
+    def _read_file(self, kind: str, path: str) -> pa.Table:
+        """A data file of `kind` with the columns of `FILE_SCHEMA`; only the kind's columns are decoded (a file's
+        other columns are null, and decoding them too costs twice as much)."""
+        columns = kind_columns(kind)
+        with self.location.filesystem.open_input_file(path) as source:
+            table = pq.ParquetFile(source).read(columns=columns)
+        rows = table.num_rows
+        filled = [table[field.name] if field.name in columns else pa.nulls(rows, field.type) for field in FILE_SCHEMA]
+        return pa.Table.from_arrays(filled, names=FILE_SCHEMA.names).cast(FILE_SCHEMA)  # delta-rs's files too
 
     def replace_kind(self, kind: str, table: pa.Table, read_version: int) -> None:
         """Replace every row of `kind` by `table` (the deduplicated rows read at `read_version`).
