@@ -56,13 +56,13 @@ def test_live_files_stay_bounded_and_the_rows_do_not_change(tmp_path: Path) -> N
     assert on.offsets([f"g/{topic}/0" for topic in records()]) == {f"g/{topic}/0": 12 for topic in records()}
 
 
-def test_merged_files_are_merged_again_only_while_two_fit_in_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(delta, "COMPACT_TARGET_BYTES", 10)
+def test_merged_files_are_merged_again_only_once_as_much_new_data_came(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delta, "COMPACT_TARGET_BYTES", 20)
     groups = lambda sizes: [[size for size, _ in group] for group in delta._bins([(s, "") for s in sizes])]  # noqa: E731
-    assert groups([1, 1, 1, 2, 9]) == [[1, 1, 1, 2]]  # the new files; the 9 is left alone
-    assert groups([1, 1, 5, 9]) == [[1, 1, 5]]  # an earlier merge that still fits with them
-    assert groups([6, 7, 9]) == []  # merged files no two of which fit in one: never read again
-    assert groups([1, 2, 3, 4, 5, 6]) == [[1, 2, 3, 4], [5]][:1]  # at most the target per merged file
+    assert groups([1, 1, 1, 2, 9]) == [[1, 1, 1, 2]]  # the new files; the 9 waits for as much new data
+    assert groups([1, 1, 1, 2, 5, 12]) == [[1, 1, 1, 2, 5]]  # the 5 of the last time joins 5 new; the 12 waits
+    assert groups([1, 1, 2, 2, 6, 12]) == [[1, 1, 2, 2, 6]]  # the 12 would take the merged file past the target
+    assert groups([5, 11, 19]) == []  # merged files no larger than the target, left alone
 
 
 def test_zero_turns_compaction_off(tmp_path: Path) -> None:

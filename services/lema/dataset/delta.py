@@ -12,9 +12,12 @@ check on those app ids.
 
 Every append adds a file per kind, and delta-rs keeps (and replays into each snapshot and checkpoint) the list of live
 files, so every `dataset.compact_every_commits` commits the writer merges the small files of the kinds it appended to
-(`compact`): files under `COMPACT_TARGET_BYTES`, smallest first, into files of at most that size, so a merged file is
-merged again only while it is small and then never read again — a compaction reads the files written since the last
-one and a few merged ones, however long the run. It changes no row (its removes and adds carry `dataChange: false`)
+(`compact`): files under `COMPACT_TARGET_BYTES`, smallest first, into files of at most that size, a file joining only
+files that add up to at least its size (size tiers, as in an LSM tree): an earlier merged file is merged again only
+once as much new data has come, so each row is rewritten at most log2(target / data per compaction) times and a
+compaction reads the files written since the last one and rarely more, however long the run. Nothing else grows: at
+most one merged file per tier and kind is under the target. It changes no row (its removes and adds carry
+`dataChange: false`)
 and commits with the app transaction `COMPACTION_APP`, so appends never conflict with it, and when two replicas
 compact at once the second commit is refused by the log's conflict check (delta-rs's own `optimize` would commit
 both, every row of the files both merged then twice) and that replica leaves the work to the first.
@@ -331,6 +334,8 @@ class DeltaSink:
         except BaseException:
             self._delete_files([a.path for a in actions if isinstance(a, AddAction)])
             raise
+        finally:
+            pa.default_memory_pool().release_unused()  # the merge's buffers: not held until the next compaction
         return {"numFilesRemoved": removed, "numFilesAdded": len(actions) - removed}
 
     @staticmethod
@@ -411,14 +416,17 @@ class DeltaSink:
 
 
 def _bins(files: Sequence[tuple[int, str]]) -> Iterator[list[tuple[int, str]]]:
-    """`files` ((size, path), smallest first) in groups of at most `COMPACT_TARGET_BYTES`; a file alone is left as it
-    is. The files a compaction merged stay out of the next one's groups once two of them no longer fit in one."""
+    """`files` ((size, path), smallest first) in groups to merge: a file joins the group if it is no larger than the
+    group so far and the sum stays within `COMPACT_TARGET_BYTES`, else starts the next group; a file alone is left
+    as it is."""
     group: list[tuple[int, str]] = []
+    total = 0
     for size, path in files:
-        if group and sum(s for s, _ in group) + size > COMPACT_TARGET_BYTES:
+        if group and (size > total or total + size > COMPACT_TARGET_BYTES):
             if len(group) > 1:
                 yield group
-            group = []
+            group, total = [], 0
         group.append((size, path))
+        total += size
     if len(group) > 1:
         yield group
