@@ -12,12 +12,14 @@ partitions' offsets) at a small and at a large table, and 2 writer replicas (pro
 each with its own partitions) against 1 on the same records, with each one's CPU seconds per 1,000 records (what
 bounds scale-out when the cores are busy).
 
-Each wave also prints the slowest batch (one that ran a scheduled compaction) and the table's live files at its end:
+Each wave also prints the slowest batch (one that ran a scheduled compaction) and the most live files the table had:
 delta-rs replays the list of live files on every commit, so without compaction (`--compact-every 0`) they grow with
 every commit and so does the cost per batch; a long history is many small batches (`--batch 100`: 2,000 commits).
+Checkpoints keep the removal of each file compaction replaced for `--tombstone-retention` (an hour): a run that
+takes less than that shows the cost they add at most, a shorter retention what the cost is after the first hour.
 
     python benchmarks/bench_dataset_sink.py [--records 200000] [--waves 10] [--batch 2000] [--store s3|local]
-        [--compact-every 200] [--skip-replicas]
+        [--compact-every 200] [--skip-replicas] [--tombstone-retention "interval 1 hours"]
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from deltalake import DeltaTable
 
 from lema.bus.base import Topics
 from lema.config import LemaSettings
-from lema.dataset import create_sink
+from lema.dataset import create_sink, delta
 from lema.dataset.table import TableLocation
 from lema.pipeline import DatasetWriterWorker, Resources
 from lema.records import Attempt, CorrectedAttempt, Correction, Drop, Question, ReasoningPath, Record
@@ -223,7 +225,14 @@ def main() -> None:
         help="dataset.compact_every_commits (0: no compaction)",
     )
     parser.add_argument("--skip-replicas", action="store_true", help="skip 2 writers against 1")
+    parser.add_argument(
+        "--tombstone-retention",
+        default=delta.TOMBSTONE_RETENTION,
+        help="delta.deletedFileRetentionDuration of the tables: a run shorter than it keeps every compaction's "
+        "removals in each checkpoint",
+    )
     args = parser.parse_args()
+    delta.TOMBSTONE_RETENTION = args.tombstone_retention
 
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
@@ -248,7 +257,8 @@ def main() -> None:
 def run(args: argparse.Namespace, store: dict[str, Any], server: int | None) -> None:
     per_wave = args.records // args.waves
     print(f"{args.records} records in {args.waves} waves of {per_wave}, batches of {args.batch}, {args.store}")
-    print(f"compaction every {args.compact_every} commits of the writer (0: none)")
+    kept = args.tombstone_retention
+    print(f"compaction every {args.compact_every} commits of the writer (0: none), removals kept {kept}")
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
     config = settings(store, args.compact_every)
     worker = DatasetWriterWorker(config, Resources(config))
@@ -263,19 +273,21 @@ def run(args: argparse.Namespace, store: dict[str, Any], server: int | None) -> 
     times, medians, cpu, memory = [], [], [], []
     number = 0
     for wave in range(args.waves):
-        walls, cpu_used = [], 0.0
+        walls, cpu_used, files = [], 0.0, 0
         server_started = cpu_s(server) if server else 0.0
         for batch in batches(wave * per_wave, per_wave, args.batch):  # each made outside the clock
             number += 1
             wall, batch_cpu = push_batch(worker, batch, number)
             walls.append(wall)
             cpu_used += batch_cpu
+            if number % 10 == 0:  # the most live files in the wave, sampled outside the clock
+                files = max(files, live_files(config))
         times.append(sum(walls))
         medians.append(statistics.median(walls))
         cpu.append(cpu_used)
         memory.append(rss_mib())
         line = f"{wave + 1:>4} {times[-1]:>8.2f} {1000 * medians[-1]:>8.1f} {1000 * max(walls):>7.0f} {cpu[-1]:>6.2f}"
-        line += f" {per_wave / times[-1]:>10.0f} {memory[-1]:>8.1f} {live_files(config):>6}"
+        line += f" {per_wave / times[-1]:>10.0f} {memory[-1]:>8.1f} {files:>6}"
         print(line + (f" {cpu_s(server) - server_started:>8.2f}" if server else ""))
     print(f"time per wave, last/first:   {ratio(times)} (target <= 1.2)")
     print(f"median batch, last/first:    {ratio(medians)} (a busy machine's stalls hit a wave's sum, less its median)")
