@@ -13,14 +13,13 @@ check on those app ids.
 Every append adds a file per kind, and delta-rs keeps (and replays into each snapshot and checkpoint) the list of live
 files, so every `dataset.compact_every_commits` commits the writer merges the small files of the kinds it appended to
 (`compact`): files under `COMPACT_TARGET_BYTES`, smallest first, into files of at most that size, a file joining only
-files that add up to at least its size (size tiers, as in an LSM tree): an earlier merged file is merged again only
-once as much new data has come, so each row is rewritten at most log2(target / data per compaction) times and a
-compaction reads the files written since the last one and rarely more, however long the run. Nothing else grows: at
-most one merged file per tier and kind is under the target. It changes no row (its removes and adds carry
-`dataChange: false`)
-and commits with the app transaction `COMPACTION_APP`, so appends never conflict with it, and when two replicas
-compact at once the second commit is refused by the log's conflict check (delta-rs's own `optimize` would commit
-both, every row of the files both merged then twice) and that replica leaves the work to the first.
+files that add up to at least its size (size tiers, as in an LSM tree). A merged file is merged again only once as
+much new data has come, so a row is rewritten at most log2(target / data per compaction) times, and a compaction
+reads the files written since the last one and rarely more, however long the run. It changes no row (its removes and
+adds carry `dataChange: false`) and commits with the app transaction `COMPACTION_APP`: appends never conflict with
+it, and when two replicas compact at once the second commit is refused by the log's conflict check, so that replica
+leaves the work to the first (delta-rs's own `optimize` would commit both, and every row of the files both merged
+would be there twice).
 """
 
 from __future__ import annotations
@@ -39,13 +38,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from deltalake import (
-    CommitProperties,
-    DeltaTable,
-    PostCommitHookProperties,
-    Transaction,
-    write_deltalake,
-)
+from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction
 
