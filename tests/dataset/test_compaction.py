@@ -96,7 +96,7 @@ def test_a_replica_whose_compaction_loses_the_race_goes_on(
     monkeypatch.setattr(second, "_merge", merge_after_the_other)
     with caplog.at_level(logging.INFO, logger="lema.dataset.delta"):
         append_round(second, config, 1, 1)  # its 5th commit compacts, loses to the first writer's compaction
-    assert raced and "another writer compacted" in caplog.text
+    assert raced and "another writer rewrote these files first" in caplog.text
     assert second.offsets(["g/drops/1", "g/drops/0"]) == {"g/drops/1": 1, "g/drops/0": 2}
     after = rows(first)
     for kind in KINDS[:-1]:  # every row once per round that appended it, none lost, none doubled
@@ -156,3 +156,26 @@ def test_files_that_deduplication_wrote_are_compacted_with_the_same_rows(tmp_pat
     assert sink.compact()["numFilesRemoved"] > 0
     assert rows(sink) == before
     assert exported(sink, config, tmp_path / "b") == export
+
+
+def test_a_compaction_and_a_deduplication_at_once_never_double_a_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = settings(tmp_path, compact_every_commits=0)
+    writer, maintenance = create_sink(config), create_sink(config)
+    append_round(writer, config, 0, 1)
+    append_round(writer, config, 0, 2)  # every record twice
+    merge = writer._merge
+
+    def merge_while_deduplicating(kind: str, group: list[tuple[int, str]]) -> delta.AddAction:
+        if kind == "cot":
+            reader.deduplicate(maintenance)  # commits first: the compaction read files it replaced
+        return merge(kind, group)
+
+    monkeypatch.setattr(writer, "_merge", merge_while_deduplicating)
+    with pytest.raises(delta.CommitFailedError):
+        writer.compact()
+    once = rows(maintenance)
+    for kind in KINDS[:-1]:
+        ids = [row["id"] for row in once[kind]]
+        assert len(ids) == len(set(ids)), kind

@@ -182,7 +182,7 @@ class DeltaSink:
         try:
             metrics = self._compact(kinds)
         except CommitFailedError as exc:
-            log.info("dataset: another writer compacted the same files first (%s); leaving it to them", exc)
+            log.info("dataset: another writer rewrote these files first (compaction, deduplication): %s", exc)
             return
         except (OSError, DeltaError) as exc:
             log.warning("dataset: compaction failed (%s); the next scheduled one tries again", exc)
