@@ -12,7 +12,14 @@ partitions' offsets) at a small and at a large table, and 2 writer replicas (pro
 each with its own partitions) against 1 on the same records, with each one's CPU seconds per 1,000 records (what
 bounds scale-out when the cores are busy).
 
+Each wave also prints the slowest batch (one that ran a scheduled compaction) and the most live files the table had:
+delta-rs replays the list of live files on every commit, so without compaction (`--compact-every 0`) they grow with
+every commit and so does the cost per batch; a long history is many small batches (`--batch 100`: 2,000 commits).
+Checkpoints keep the removal of each file compaction replaced for `--tombstone-retention` (an hour): a run that
+takes less than that shows the cost they add at most, a shorter retention what the cost is after the first hour.
+
     python benchmarks/bench_dataset_sink.py [--records 200000] [--waves 10] [--batch 2000] [--store s3|local]
+        [--compact-every 200] [--skip-replicas] [--tombstone-retention "interval 1 hours"]
 """
 
 from __future__ import annotations
@@ -27,9 +34,12 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from deltalake import DeltaTable
+
 from lema.bus.base import Topics
 from lema.config import LemaSettings
-from lema.dataset import create_sink
+from lema.dataset import create_sink, delta
+from lema.dataset.table import TableLocation
 from lema.pipeline import DatasetWriterWorker, Resources
 from lema.records import Attempt, CorrectedAttempt, Correction, Drop, Question, ReasoningPath, Record
 from lema.runtime.infra import LOCAL_S3_ACCESS_KEY, LOCAL_S3_SECRET_KEY, LOOPBACK, LocalS3, free_port, wait_for_port
@@ -65,6 +75,12 @@ def ratio(values: Sequence[float]) -> str:
     return f"{values[-1] / values[0]:.2f} (median of last 3 / first 3: {medians:.2f})"
 
 
+def live_files(config: LemaSettings) -> int:
+    """The table's live files (what delta-rs replays on every commit)."""
+    location = TableLocation.of(config.store, config.run.name)
+    return len(DeltaTable(location.uri, storage_options=location.storage_options).file_uris())
+
+
 def restart_s(config: LemaSettings, sources: list[str]) -> float:
     """Seconds a restarted writer takes before it consumes: open the table, read its partitions' offsets."""
     started = time.perf_counter()
@@ -84,7 +100,7 @@ def push_batch(worker: DatasetWriterWorker, batch: dict[str, list[Record]], numb
 def interleaved(store: dict[str, Any], large: DatasetWriterWorker, commits: int, size: int, rounds: int) -> None:
     """A batch and a restart on the large table against the same on a new one, alternated so that the machine's
     load hits both alike: what the table's history adds, apart from the load's drift over the waves."""
-    new = settings(store, "bench-new")
+    new = settings(store, large.settings.dataset.compact_every_commits, "bench-new")
     small = DatasetWriterWorker(new, Resources(new))
     small.commit()  # create the table
     cost: dict[str, list[tuple[float, float]]] = {"large": [], "new": []}
@@ -148,14 +164,18 @@ def batches(start: int, count: int, size: int) -> Iterator[dict[str, list[Record
         yield batch
 
 
-def settings(store: dict[str, Any], run: str = "bench") -> LemaSettings:
-    return LemaSettings.model_validate({"run": {"name": run}, "store": store})
+def settings(store: dict[str, Any], compact_every: int, run: str = "bench") -> LemaSettings:
+    return LemaSettings.model_validate(
+        {"run": {"name": run}, "store": store, "dataset": {"compact_every_commits": compact_every}}
+    )
 
 
-def push(store: dict[str, Any], replica: int, start: int, count: int, size: int, ready: Any, out: Any) -> None:
+def push(
+    store: dict[str, Any], compact_every: int, replica: int, start: int, count: int, size: int, ready: Any, out: Any
+) -> None:
     """One writer process: make its batches, wait for the others, then `process` + `commit` every batch with its
     offsets; reports when it started and finished pushing, and the CPU seconds it used."""
-    config = settings(store)
+    config = settings(store, compact_every)
     worker = DatasetWriterWorker(config, Resources(config))
     inputs = list(batches(start, count, size))
     worker.commit()  # open the table before the clock starts
@@ -168,7 +188,9 @@ def push(store: dict[str, Any], replica: int, start: int, count: int, size: int,
     out.put((started, time.time(), time.process_time() - cpu))
 
 
-def replicas(store: dict[str, Any], writers: int, total: int, size: int) -> tuple[float, list[float]]:
+def replicas(
+    store: dict[str, Any], compact_every: int, writers: int, total: int, size: int
+) -> tuple[float, list[float]]:
     """Seconds from the first writer's start to the last one's end, `writers` processes appending `total` records
     (each its own share and partitions) to one table together; and each writer's CPU seconds."""
     context = multiprocessing.get_context("spawn")
@@ -176,7 +198,8 @@ def replicas(store: dict[str, Any], writers: int, total: int, size: int) -> tupl
     share = total // writers
     processes = [
         context.Process(
-            target=push, args=(store, 10 * writers + r, 10**8 * writers + r * share, share, size, ready, out)
+            target=push,
+            args=(store, compact_every, 10 * writers + r, 10**8 * writers + r * share, share, size, ready, out),
         )
         for r in range(writers)
     ]
@@ -195,7 +218,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--replica-records", type=int, default=60_000)
     parser.add_argument("--store", choices=("s3", "local"), default="s3")
+    parser.add_argument(
+        "--compact-every",
+        type=int,
+        default=LemaSettings().dataset.compact_every_commits,
+        help="dataset.compact_every_commits (0: no compaction)",
+    )
+    parser.add_argument("--skip-replicas", action="store_true", help="skip 2 writers against 1")
+    parser.add_argument(
+        "--tombstone-retention",
+        default=delta.TOMBSTONE_RETENTION,
+        help="delta.deletedFileRetentionDuration of the tables: a run shorter than it keeps every compaction's "
+        "removals in each checkpoint",
+    )
     args = parser.parse_args()
+    delta.TOMBSTONE_RETENTION = args.tombstone_retention
 
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
@@ -220,8 +257,10 @@ def main() -> None:
 def run(args: argparse.Namespace, store: dict[str, Any], server: int | None) -> None:
     per_wave = args.records // args.waves
     print(f"{args.records} records in {args.waves} waves of {per_wave}, batches of {args.batch}, {args.store}")
+    kept = args.tombstone_retention
+    print(f"compaction every {args.compact_every} commits of the writer (0: none), removals kept {kept}")
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
-    config = settings(store)
+    config = settings(store, args.compact_every)
     worker = DatasetWriterWorker(config, Resources(config))
     started = time.perf_counter()
     (warmup,) = batches(10**9, args.batch, args.batch)  # imports, table creation: once per process
@@ -229,24 +268,26 @@ def run(args: argparse.Namespace, store: dict[str, Any], server: int | None) -> 
         worker.process(topic, records)
     worker.commit({"bench/warmup/0": 1})
     print(f"warm-up batch (imports, table creation): {time.perf_counter() - started:.1f}s")
-    header = f"{'wave':>4} {'seconds':>8} {'batch ms':>8} {'CPU s':>6} {'records/s':>10} {'RSS MiB':>8}"
-    print(header + (" S3 CPU s" if server else ""))
+    header = f"{'wave':>4} {'seconds':>8} {'batch ms':>8} {'max ms':>7} {'CPU s':>6} {'records/s':>10} {'RSS MiB':>8}"
+    print(header + f" {'files':>6}" + (" S3 CPU s" if server else ""))
     times, medians, cpu, memory = [], [], [], []
     number = 0
     for wave in range(args.waves):
-        walls, cpu_used = [], 0.0
+        walls, cpu_used, files = [], 0.0, 0
         server_started = cpu_s(server) if server else 0.0
         for batch in batches(wave * per_wave, per_wave, args.batch):  # each made outside the clock
             number += 1
             wall, batch_cpu = push_batch(worker, batch, number)
             walls.append(wall)
             cpu_used += batch_cpu
+            if number % 10 == 0:  # the most live files in the wave, sampled outside the clock
+                files = max(files, live_files(config))
         times.append(sum(walls))
         medians.append(statistics.median(walls))
         cpu.append(cpu_used)
         memory.append(rss_mib())
-        line = f"{wave + 1:>4} {times[-1]:>8.2f} {1000 * medians[-1]:>8.1f} {cpu[-1]:>6.2f}"
-        line += f" {per_wave / times[-1]:>10.0f} {memory[-1]:>8.1f}"
+        line = f"{wave + 1:>4} {times[-1]:>8.2f} {1000 * medians[-1]:>8.1f} {1000 * max(walls):>7.0f} {cpu[-1]:>6.2f}"
+        line += f" {per_wave / times[-1]:>10.0f} {memory[-1]:>8.1f} {files:>6}"
         print(line + (f" {cpu_s(server) - server_started:>8.2f}" if server else ""))
     print(f"time per wave, last/first:   {ratio(times)} (target <= 1.2)")
     print(f"median batch, last/first:    {ratio(medians)} (a busy machine's stalls hit a wave's sum, less its median)")
@@ -255,8 +296,10 @@ def run(args: argparse.Namespace, store: dict[str, Any], server: int | None) -> 
     print(f"records/s:                   {args.records / sum(times):.0f} (target >= 5000)")
     print(f"CPU s per 1,000 records:     {1000 * sum(cpu) / args.records:.3f}")
     interleaved(store, worker, number + 1, args.batch, rounds=10)
-    one, (one_cpu,) = replicas(store, 1, args.replica_records, args.batch)
-    two, two_cpu = replicas(store, 2, args.replica_records, args.batch)
+    if args.skip_replicas:
+        return
+    one, (one_cpu,) = replicas(store, args.compact_every, 1, args.replica_records, args.batch)
+    two, two_cpu = replicas(store, args.compact_every, 2, args.replica_records, args.batch)
     rate = args.replica_records
     print(f"1 writer:  {one:.1f}s ({rate / one:.0f} records/s), CPU {1000 * one_cpu / rate:.3f} s per 1,000 records")
     each = ", ".join(f"{1000 * c / (rate // 2):.3f}" for c in two_cpu)

@@ -125,6 +125,12 @@ class DatasetSettings(Section):
     commit_retry_s: float = Field(
         300.0, gt=0, description="How long a commit refused by an unreachable store is retried before failing."
     )
+    compact_every_commits: int = Field(
+        200,
+        ge=0,
+        description="Commits of a writer between its compactions of the table's small files (0: never): bounds the "
+        "live files every commit and restart replays. Replaced files stay until `lema dataset vacuum`.",
+    )
 
 
 class StoreSettings(Section):

@@ -9,6 +9,17 @@ kafka-delta-ingest pattern: the table holds exactly the records up to the offset
 in the table once (delta-rs replays the log for every lookup) and then followed through the commits that arrive,
 read one by one. A writer that lost its partitions but still commits (a zombie) is refused by the log's conflict
 check on those app ids.
+
+Every append adds a file per kind, and delta-rs keeps (and replays into each snapshot and checkpoint) the list of live
+files, so every `dataset.compact_every_commits` commits the writer merges the small files of the kinds it appended to
+(`compact`): files under `COMPACT_TARGET_BYTES`, smallest first, into files of at most that size, a file joining only
+files that add up to at least its size (size tiers, as in an LSM tree). A merged file is merged again only once as
+much new data has come, so a row is rewritten at most log2(target / data per compaction) times, and a compaction
+reads the files written since the last one and rarely more, however long the run. It changes no row (its removes and
+adds carry `dataChange: false`) and commits with the app transaction `COMPACTION_APP`: appends never conflict with
+it, and when two replicas compact at once the second commit is refused by the log's conflict check, so that replica
+leaves the work to the first (delta-rs's own `optimize` would commit both, and every row of the files both merged
+would be there twice).
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -33,10 +45,12 @@ from deltalake.transaction import AddAction, RemoveAction
 from lema.config import DatasetSettings
 from lema.dataset.table import (
     BATCHES,
+    FILE_SCHEMA,
     PARTITION_BY,
     SCHEMA,
     TableLocation,
     batch_counters,
+    kind_columns,
     to_arrow,
 )
 from lema.stages.dataset import TableRow
@@ -48,6 +62,21 @@ UPLOADS = 8
 
 RETRY_BACKOFF_S = (0.5, 10.0)
 """First and longest wait between tries of a commit the store refused."""
+
+COMPACT_TARGET_BYTES = 16 * 2**20
+"""Files compaction merges are smaller than this, and it merges them into files of at most this size: it bounds what
+one compaction rewrites; readers get files large enough to scan fast."""
+COMPACT_ROW_GROUP = 65_536
+"""Rows a merged file's row group holds: what compaction holds in memory at most, besides one input file."""
+COMPACTION_APP = "lema-compaction"
+"""The app transaction every compaction commits, so that two concurrent compactions conflict."""
+POST_COMMIT = PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False)
+"""Checkpoint every `dataset.checkpoint_interval` commits, but leave the expired-log clean-up, which lists the whole
+log, to `vacuum`."""
+TOMBSTONE_RETENTION = "interval 1 hours"
+"""How long a checkpoint keeps the removal of a file compaction replaced (`delta.deletedFileRetentionDuration`, a week
+by default): every checkpoint rewrites them all, so a week of compactions would make each checkpoint grow with the
+run. `vacuum` lists the store for unreferenced files, so it finds replaced files whose removal is no longer kept."""
 
 
 class DatasetSinkError(RuntimeError):
@@ -68,6 +97,9 @@ class DeltaSink:
         self._seen = self._table.version()
         self._held: dict[str, int | None] = {}
         """Each app id looked up so far -> its version in the table as of commit `_seen` (None: not in the table)."""
+        self._commits = 0
+        self._appended: set[str] = set()
+        """The kinds this writer appended to since its last compaction."""
 
     # -- opening -------------------------------------------------------------------------------------------------
     def _open(self) -> DeltaTable:
@@ -90,7 +122,10 @@ class DeltaSink:
                     mode="ignore",
                     partition_by=PARTITION_BY,
                     name="lema_dataset",
-                    configuration={"delta.checkpointInterval": str(self.settings.checkpoint_interval)},
+                    configuration={
+                        "delta.checkpointInterval": str(self.settings.checkpoint_interval),
+                        "delta.deletedFileRetentionDuration": TOMBSTONE_RETENTION,
+                    },
                     storage_options=options,
                 )
             except (CommitFailedError, DeltaError) as exc:
@@ -119,7 +154,7 @@ class DeltaSink:
                         return False
                     counters = batch_counters(self.writer, len(rows), time.perf_counter() - started, batch_id)
                     self._commit({**tables, **to_arrow((), counters)}, offsets, held)
-                    return True
+                    break
                 except CommitFailedError as exc:
                     # Another writer committed these partitions' offsets since our snapshot: re-read and decide
                     # again (skip what is in; a partial overlap is appended and deduplicated on read).
@@ -132,6 +167,34 @@ class DeltaSink:
                     log.warning("dataset: store unavailable (%s); retrying in %.1fs", exc, wait)
                     time.sleep(wait)
                     wait = min(wait * 2, RETRY_BACKOFF_S[1])
+            self._appended.update([*tables, BATCHES])
+            self._commits += 1
+            every = self.settings.compact_every_commits
+            if every and self._commits % every == 0:
+                self._scheduled_compaction()
+            return True
+
+    def _scheduled_compaction(self) -> None:
+        """Compact the kinds appended since the last time; the batch is committed already, so nothing that goes
+        wrong here fails it (the next scheduled compaction tries again)."""
+        kinds, self._appended = sorted(self._appended), set()
+        started = time.perf_counter()
+        try:
+            metrics = self._compact(kinds)
+        except CommitFailedError as exc:
+            log.info("dataset: another writer rewrote these files first (compaction, deduplication): %s", exc)
+            return
+        except (OSError, DeltaError) as exc:
+            log.warning("dataset: compaction failed (%s); the next scheduled one tries again", exc)
+            self._appended.update(kinds)
+            return
+        log.info(
+            "dataset: compacted %s: %s files into %s in %.2fs",
+            ",".join(kinds),
+            metrics["numFilesRemoved"],
+            metrics["numFilesAdded"],
+            time.perf_counter() - started,
+        )
 
     def _follow(self, apps: Iterable[str]) -> dict[str, int]:
         """Bring the table up to its newest commit (others' commits: keeps our conflict checks short) and return the
@@ -182,7 +245,7 @@ class DeltaSink:
                 commit_properties=CommitProperties(
                     app_transactions=[Transaction(app, version) for app, version in sorted(versions.items())]
                 ),
-                post_commithook_properties=PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False),
+                post_commithook_properties=POST_COMMIT,
             )
         except BaseException:
             self._delete_files([add.path for add in adds])  # not in the log: nobody reads them
@@ -230,11 +293,87 @@ class DeltaSink:
 
     # -- maintenance ---------------------------------------------------------------------------------------------
     def compact(self) -> dict[str, Any]:
-        """Bin-pack small files (safe alongside running writers: no data change)."""
+        """Merge the small files of every kind (safe alongside running writers: no data change)."""
         with self._lock:
-            self._table.update_incremental()
-            metrics: dict[str, Any] = self._table.optimize.compact()
-            return metrics
+            return self._compact(())
+
+    def _compact(self, kinds: Sequence[str]) -> dict[str, Any]:
+        """Merge the files of `kinds` (all if empty) under `COMPACT_TARGET_BYTES` into files of at most that size, in
+        one commit (`CommitFailedError` if another compaction committed since this one read the table)."""
+        self._table.update_incremental()
+        version = self._table.version()
+        files = pa.table(self._table.get_add_actions(flatten=True)).select(["path", "size_bytes", "partition.kind"])
+        small: dict[str, list[tuple[int, str]]] = {}
+        for path, size, kind in zip(*(column.to_pylist() for column in files.columns), strict=True):
+            if size < COMPACT_TARGET_BYTES and (not kinds or kind in kinds):
+                small.setdefault(kind, []).append((size, path))
+        actions: list[AddAction | RemoveAction] = []
+        removed = 0
+        for kind, candidates in sorted(small.items()):
+            for group in _bins(sorted(candidates)):
+                actions += [*self._remove(kind, group), self._merge(kind, group)]
+                removed += len(group)
+        if not actions:
+            return {"numFilesRemoved": 0, "numFilesAdded": 0}
+        try:
+            self._table.create_write_transaction(
+                actions,
+                mode="append",
+                schema=SCHEMA,
+                partition_by=PARTITION_BY,
+                commit_properties=CommitProperties(app_transactions=[Transaction(COMPACTION_APP, version)]),
+                post_commithook_properties=POST_COMMIT,
+            )
+        except BaseException:
+            self._delete_files([a.path for a in actions if isinstance(a, AddAction)])
+            raise
+        finally:
+            pa.default_memory_pool().release_unused()  # the merge's buffers: not held until the next compaction
+        return {"numFilesRemoved": removed, "numFilesAdded": len(actions) - removed}
+
+    @staticmethod
+    def _remove(kind: str, group: Sequence[tuple[int, str]]) -> list[AddAction | RemoveAction]:
+        now = int(time.time() * 1000)
+        return [RemoveAction(path, False, now, size, {"kind": kind}) for size, path in group]
+
+    def _merge(self, kind: str, group: Sequence[tuple[int, str]]) -> AddAction:
+        """One file with the rows of `group`'s files, in row groups of `COMPACT_ROW_GROUP`; the files are read
+        `UPLOADS` at a time (on S3 each read is a round trip) and written out as they come."""
+        relative = f"kind={kind}/part-{uuid.uuid4().hex}.parquet"
+        path = f"{self.location.root}/{relative}"
+        sources = [f"{self.location.root}/{source}" for _, source in group]
+        rows, pending = 0, []
+        with (
+            self.location.filesystem.open_output_stream(path) as out,
+            pq.ParquetWriter(out, FILE_SCHEMA, compression="zstd") as writer,
+        ):
+            for start in range(0, len(sources), 4 * UPLOADS):  # what is in memory: a few dozen small files
+                for table in self._uploads.map(partial(self._read_file, kind), sources[start : start + 4 * UPLOADS]):
+                    pending.append(table)
+                    rows += table.num_rows
+                    if sum(t.num_rows for t in pending) >= COMPACT_ROW_GROUP:
+                        writer.write_table(pa.concat_tables(pending), row_group_size=COMPACT_ROW_GROUP)
+                        pending = []
+            if pending:
+                writer.write_table(pa.concat_tables(pending), row_group_size=COMPACT_ROW_GROUP)
+        return AddAction(
+            path=relative,
+            size=self.location.filesystem.get_file_info(path).size,
+            partition_values={"kind": kind},
+            modification_time=int(time.time() * 1000),
+            data_change=False,
+            stats=f'{{"numRecords":{rows}}}',
+        )
+
+    def _read_file(self, kind: str, path: str) -> pa.Table:
+        """A data file of `kind` with the columns of `FILE_SCHEMA`; only the kind's columns are decoded (a file's
+        other columns are null, and decoding them too costs twice as much)."""
+        columns = kind_columns(kind)
+        with self.location.filesystem.open_input_file(path) as source:
+            table = pq.ParquetFile(source).read(columns=columns)
+        rows = table.num_rows
+        filled = [table[field.name] if field.name in columns else pa.nulls(rows, field.type) for field in FILE_SCHEMA]
+        return pa.Table.from_arrays(filled, names=FILE_SCHEMA.names).cast(FILE_SCHEMA)  # delta-rs's files too
 
     def replace_kind(self, kind: str, table: pa.Table, read_version: int) -> None:
         """Replace every row of `kind` by `table` (the deduplicated rows read at `read_version`).
@@ -263,7 +402,24 @@ class DeltaSink:
         with self._lock:
             self._table.update_incremental()
             removed: list[str] = self._table.vacuum(
-                retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False
+                retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False, full=True
             )
             self._table.cleanup_metadata()
             return removed
+
+
+def _bins(files: Sequence[tuple[int, str]]) -> Iterator[list[tuple[int, str]]]:
+    """`files` ((size, path), smallest first) in groups to merge: a file joins the group if it is no larger than the
+    group so far and the sum stays within `COMPACT_TARGET_BYTES`, else starts the next group; a file alone is left
+    as it is."""
+    group: list[tuple[int, str]] = []
+    total = 0
+    for size, path in files:
+        if group and (size > total or total + size > COMPACT_TARGET_BYTES):
+            if len(group) > 1:
+                yield group
+            group, total = [], 0
+        group.append((size, path))
+        total += size
+    if len(group) > 1:
+        yield group

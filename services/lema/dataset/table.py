@@ -92,8 +92,14 @@ def _check_columns() -> None:
 _check_columns()
 
 
+BATCH_COLUMNS = ("id", "writer", "records", "seconds", "written_at")
+"""The columns of a `batches` row (`batch_counters`)."""
+
+
 def kind_columns(kind: str) -> list[str]:
-    """The columns a kind's records are read back from (its record fields, plus `id`)."""
+    """The columns a kind's rows fill (its record fields, plus `id`); every other column of the kind is null."""
+    if kind == BATCHES:
+        return list(BATCH_COLUMNS)
     return list(dict.fromkeys(["id", *KIND_RECORDS[kind].model_fields]))  # type: ignore[index]
 
 
@@ -110,13 +116,7 @@ def to_arrow(rows: Sequence[TableRow], batch: dict[str, Any] | None = None) -> d
 
 
 def batch_counters(writer: str, records: int, seconds: float, batch_id: str) -> dict[str, Any]:
-    return {
-        "id": batch_id,
-        "writer": writer,
-        "records": records,
-        "seconds": round(seconds, 6),
-        "written_at": time.time(),
-    }
+    return dict(zip(BATCH_COLUMNS, (batch_id, writer, records, round(seconds, 6), time.time()), strict=True))
 
 
 @dataclass(frozen=True)
