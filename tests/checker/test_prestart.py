@@ -13,8 +13,9 @@ from lema.checker.pool import SymbolicPool
 class _FakeTemplate:
     started = 0
 
-    def __init__(self) -> None:
+    def __init__(self, warm_up: bool = True) -> None:
         _FakeTemplate.started += 1
+        self.warm_up = warm_up
 
 
 @pytest.fixture
@@ -37,7 +38,9 @@ def test_a_latex_check_starts_the_template_once_and_hands_it_over(
     args: list[str], fake_template: type[_FakeTemplate]
 ) -> None:
     prestart.start_for(args)
-    assert isinstance(prestart.take(), fake_template)
+    template = prestart.take()
+    assert isinstance(template, fake_template)
+    assert not template.warm_up, "a one-off command's workers serve to the end: nothing to warm up for"
     assert prestart.take() is None
     assert fake_template.started == 1
 

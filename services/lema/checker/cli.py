@@ -64,7 +64,7 @@ def check_command(
     # LaTeX answers need the symbolic workers, whose start (importing sympy and Math-Verify) is the slowest part of a
     # one-off command: it runs on another core while this process loads its settings and reads the input. The `lema`
     # command started it before parsing the command line; `lema.cli` called directly starts it here.
-    template = prestart.take() or (WorkerTemplate() if task == "math" else None)
+    template = prestart.take() or (WorkerTemplate(warm_up=False) if task == "math" else None)
     from lema.checker import Checker, CheckItem
     from lema.config import LemaSettings, load_settings
 

@@ -63,13 +63,17 @@ class _Worker:
 
 class WorkerTemplate:
     """The warmed-up process that forks workers; it reaps them itself, and exits when its socket closes.
-    Constructing one starts it without waiting: it imports sympy and Math-Verify while the caller goes on."""
+    Constructing one starts it without waiting: it imports sympy and Math-Verify while the caller goes on.
 
-    def __init__(self) -> None:
+    `warm_up=False` for a one-off command: its workers are forked at once and serve to the end, so warming answer
+    shapes for later replacement workers would only take a core from them (~10% of a short file's time on 2 cores).
+    """
+
+    def __init__(self, warm_up: bool = True) -> None:
         ours, theirs = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "lema.checker.worker", str(theirs.fileno())],
+            [sys.executable, "-m", "lema.checker.worker", str(theirs.fileno()), *([] if warm_up else ["--no-warm-up"])],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,  # the caller's stdout may be a JSONL stream: nothing may leak into it

@@ -19,7 +19,7 @@ def start_for(args: Sequence[str]) -> None:
     """Start the template when `args` (the words after `lema`) ask `lema check` for LaTeX answers."""
     words = [word for word in args if word != "--debug"]
     if words[:1] == ["check"] and _task(words) == "math":
-        _started.append(WorkerTemplate())
+        _started.append(WorkerTemplate(warm_up=False))
 
 
 def take() -> WorkerTemplate | None:

@@ -1,4 +1,5 @@
-"""The template process that forks symbolic-check workers: `python -m lema.checker.worker SOCKET_FD` (see `pool.py`).
+"""The template process that forks symbolic-check workers: `python -m lema.checker.worker SOCKET_FD [--no-warm-up]`
+(see `pool.py`).
 
 The template imports sympy and Math-Verify, builds the LaTeX grammar, reports ready, then forks one worker per request
 it receives (warming the other answer shapes while it waits); each request carries the socket the new worker serves
@@ -29,11 +30,12 @@ def _raise_deadline(signum: int, frame: FrameType | None) -> None:
     raise _Deadline
 
 
-def run_template(control: socket.socket) -> None:
+def run_template(control: socket.socket, warm_up: bool = True) -> None:
     """Fork a worker for each request until the pool closes its end of the socket.
 
     The template reports ready once the LaTeX grammar is built, so that a one-off command's first workers start at
-    once; it warms the other answer shapes only while no request waits, so later (replacement) workers start warm.
+    once; with `warm_up` it warms the other answer shapes while no request waits, so later (replacement) workers
+    start warm.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which then stops its workers
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # exited workers are reaped by the kernel
@@ -43,7 +45,7 @@ def run_template(control: socket.socket) -> None:
     next(steps)
     control.sendall(READY)
     while True:
-        while not select.select([control], [], [], 0)[0] and next(steps, None) is not None:
+        while warm_up and not select.select([control], [], [], 0)[0] and next(steps, None) is not None:
             pass
         message, fds, _, _ = socket.recv_fds(control, 1, 1)
         if message != FORK or not fds:
@@ -85,4 +87,4 @@ def serve(connection: Connection) -> None:
 
 if __name__ == "__main__":
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the pool closed first: nothing left to serve
-        run_template(socket.socket(fileno=int(sys.argv[1])))
+        run_template(socket.socket(fileno=int(sys.argv[1])), warm_up=sys.argv[2:] != ["--no-warm-up"])
