@@ -304,7 +304,7 @@ def test_the_sampler_keeps_max_concurrency_requests_in_flight_across_batch_bound
     finally:
         worker.close()
         resources.close()
-    assert depth == 3
+    assert depth == 4  # the head batch, then 2 x 6 requests behind it
     assert llm.max_in_flight >= 6, f"at most {llm.max_in_flight} requests in flight: a barrier between batches"
     paths = read_topics(settings, [Topics.PATHS], expected=2 * len(questions))
     assert len({d.key for d in paths}) == len(paths) == 2 * len(questions)  # each path once
