@@ -30,7 +30,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lema.bus.base import Message, Topics
-from lema.bus.kafka import KafkaBus, KafkaInbox, RawMessage, ensure_topics
+from lema.bus.kafka import RawMessage, ensure_topics, kafka_bus, kafka_inbox
 from lema.config import BusSettings, LemaSettings, LLMSettings
 from lema.inputs import load_questions
 from lema.llm.base import Completion, GenerationRequest, TokenUsage
@@ -153,7 +153,7 @@ def through_kafka(
     """Steady state: the clock starts once the group has joined and the first batch is done; the worker runs with
     the window `lema serve` gives it."""
     ensure_topics(bus, Topics.ALL, partitions=4, replication_factor=1)
-    producer = KafkaBus(bus, client_id="bench-feed")
+    producer = kafka_bus(bus, client_id="bench-feed")
     producer.publish([Message(topic, r.key, r) for r in records])  # type: ignore[attr-defined]
     producer.close()
     resources = warmed(settings)
@@ -179,9 +179,9 @@ def client_floor(records: list[Record], bus: BusSettings) -> float:
     """CPU microseconds per message that the bus alone costs: the same messages consumed, produced back unchanged
     (no decoding, no stage) and committed, in polls of `bus.batch_size`. No stage can run faster over Kafka."""
     ensure_topics(bus, ["floor.in", "floor.out"], partitions=4, replication_factor=1)
-    producer = KafkaBus(bus, client_id="bench-floor")
+    producer = kafka_bus(bus, client_id="bench-floor")
     producer.publish([Message("floor.in", r.key, r) for r in records])  # type: ignore[attr-defined]
-    inbox = KafkaInbox(bus, bus.group_prefix + "floor", ["floor.in"], client_id="bench-floor")
+    inbox = kafka_inbox(bus, bus.group_prefix + "floor", ["floor.in"], client_id="bench-floor")
     consumed = len(inbox.poll(5))
     cpu = time.process_time()
     measured = 0

@@ -15,7 +15,7 @@ import pytest
 from platform_testing import bus_settings, committed, read_topics
 
 from lema.bus.base import Message, Topics
-from lema.bus.kafka import KafkaBus, ensure_topics
+from lema.bus.kafka import KafkaBus, ensure_topics, kafka_bus
 from lema.config import BusSettings, LemaSettings, LLMSettings
 from lema.evolver_state.kafka import KafkaEvolverState
 from lema.llm.base import Completion, GenerationRequest, TokenUsage
@@ -108,7 +108,7 @@ def settings_for(bus: BusSettings) -> LemaSettings:
 def bus(broker: LocalBroker) -> Iterator[tuple[BusSettings, KafkaBus]]:
     settings = bus_settings(broker)
     ensure_topics(settings, Topics.ALL, partitions=3, replication_factor=1)
-    producer = KafkaBus(settings, client_id="test-producer")
+    producer = kafka_bus(settings, client_id="test-producer")
     yield settings, producer
     producer.close()
 

@@ -14,7 +14,7 @@ from platform_testing import bus_settings, committed, read_topics
 from prometheus_client import REGISTRY
 
 from lema.bus.base import Message, Topics
-from lema.bus.kafka import KafkaBus, RawMessage, ensure_topics
+from lema.bus.kafka import KafkaBus, RawMessage, ensure_topics, kafka_bus
 from lema.config import BusSettings, LemaSettings, LLMSettings
 from lema.llm.base import Completion, GenerationRequest, TokenUsage
 from lema.pipeline import Resources, batches_in_flight, build_worker
@@ -43,7 +43,7 @@ def attempt(index: int, answer: int) -> Attempt:
 def bus(broker: LocalBroker) -> Iterator[tuple[BusSettings, KafkaBus]]:
     settings = bus_settings(broker)
     ensure_topics(settings, Topics.ALL, partitions=2, replication_factor=1)
-    producer = KafkaBus(settings, client_id="test-producer")
+    producer = kafka_bus(settings, client_id="test-producer")
     yield settings, producer
     producer.close()
 
@@ -141,7 +141,7 @@ def test_a_batch_longer_than_the_poll_interval_keeps_its_partitions(broker: Loca
         )
         for i in range(1, 81)
     ]
-    producer = KafkaBus(settings, client_id="test-slow-feed")
+    producer = kafka_bus(settings, client_id="test-slow-feed")
     producer.publish([Message(Topics.PATHS, a.key, a) for a in attempts])
     producer.close()
     lema_settings = LemaSettings.model_validate({"checker": {"workers": 1}})
@@ -163,7 +163,7 @@ def test_a_batch_longer_than_the_poll_interval_keeps_its_partitions(broker: Loca
 def test_consumer_lag_is_exported(broker: LocalBroker) -> None:
     settings = bus_settings(broker).model_copy(update={"batch_size": 8})
     ensure_topics(settings, Topics.ALL, partitions=1, replication_factor=1)
-    producer = KafkaBus(settings, client_id="test-lag-feed")
+    producer = kafka_bus(settings, client_id="test-lag-feed")
     producer.publish([Message(Topics.PATHS, a.key, a) for a in (attempt(i, 12) for i in range(30))])
     producer.close()
     resources = Resources(LemaSettings())
@@ -282,7 +282,7 @@ def test_the_sampler_keeps_max_concurrency_requests_in_flight_across_batch_bound
     settings = bus_settings(broker).model_copy(update={"batch_size": 2})
     ensure_topics(settings, Topics.ALL, partitions=1, replication_factor=1)
     questions = [Question.create(f"What is {i} plus {i}?", str(2 * i), "gsm8k", "t:1") for i in range(16)]
-    producer = KafkaBus(settings, client_id="test-window-feed")
+    producer = kafka_bus(settings, client_id="test-window-feed")
     producer.publish([Message(Topics.QUESTIONS, q.key, q) for q in questions])
     producer.close()
     lema_settings = LemaSettings.model_validate(
