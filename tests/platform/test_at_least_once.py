@@ -67,10 +67,10 @@ def flow() -> tuple[list[Question], list[Attempt], list[CorrectedAttempt]]:
 
 
 def test_sigkill_mid_batch_loses_and_duplicates_nothing(
-    broker: LocalBroker, s3_credentials: LocalS3, tmp_path: Path, logs: Path
+    broker: LocalBroker, bus_client: str, s3_credentials: LocalS3, tmp_path: Path, logs: Path
 ) -> None:
     s3 = s3_credentials
-    bus = bus_settings(broker)
+    bus = bus_settings(broker, client=bus_client)
     settings = {
         "run": {"name": "killed"},
         "bus": bus.model_dump(),

@@ -82,8 +82,8 @@ def settings_for(bus: BusSettings, s3: LocalS3, run: str) -> LemaSettings:
 
 
 @pytest.fixture
-def s3_bus(broker: LocalBroker, s3_credentials: LocalS3) -> Iterator[tuple[BusSettings, LocalS3]]:
-    bus = bus_settings(broker)
+def s3_bus(broker: LocalBroker, s3_credentials: LocalS3, bus_client: str) -> Iterator[tuple[BusSettings, LocalS3]]:
+    bus = bus_settings(broker, client=bus_client)
     ensure_topics(bus, Topics.ALL, partitions=PARTITIONS, replication_factor=1)
     yield bus, s3_credentials
 

@@ -40,8 +40,8 @@ def attempt(index: int, answer: int) -> Attempt:
 
 
 @pytest.fixture
-def bus(broker: LocalBroker) -> Iterator[tuple[BusSettings, KafkaBus]]:
-    settings = bus_settings(broker)
+def bus(broker: LocalBroker, bus_client: str) -> Iterator[tuple[BusSettings, KafkaBus]]:
+    settings = bus_settings(broker, client=bus_client)
     ensure_topics(settings, Topics.ALL, partitions=2, replication_factor=1)
     producer = kafka_bus(settings, client_id="test-producer")
     yield settings, producer
@@ -122,9 +122,10 @@ def test_a_failing_message_is_retried_then_dead_lettered_and_the_worker_carries_
         assert b"LLMError" in headers["lema-error"] and b"no recorded completion" in headers["lema-error"]
 
 
-def test_a_batch_longer_than_the_poll_interval_keeps_its_partitions(broker: LocalBroker) -> None:
+def test_a_batch_longer_than_the_poll_interval_keeps_its_partitions(broker: LocalBroker, bus_client: str) -> None:
     """Symbolic checks outlast `max_poll_interval_ms`: the member stays in the group, commits, sees nothing twice."""
-    settings = bus_settings(broker).model_copy(update={"max_poll_interval_ms": 1000, "batch_size": 100})
+    short = {"max_poll_interval_ms": 1000, "session_timeout_ms": 1000, "batch_size": 100}
+    settings = bus_settings(broker, client=bus_client).model_copy(update=short)
     ensure_topics(settings, Topics.ALL, partitions=1, replication_factor=1)
     question = Question.create("Simplify the sum.", "\\sqrt{2}+\\frac{1}{2}", "math", "m:1")
     attempts = [
@@ -160,8 +161,8 @@ def test_a_batch_longer_than_the_poll_interval_keeps_its_partitions(broker: Loca
     assert sorted(d.key.decode() for d in results if d.key) == sorted(a.key for a in attempts)  # each exactly once
 
 
-def test_consumer_lag_is_exported(broker: LocalBroker) -> None:
-    settings = bus_settings(broker).model_copy(update={"batch_size": 8})
+def test_consumer_lag_is_exported(broker: LocalBroker, bus_client: str) -> None:
+    settings = bus_settings(broker, client=bus_client).model_copy(update={"batch_size": 8})
     ensure_topics(settings, Topics.ALL, partitions=1, replication_factor=1)
     producer = kafka_bus(settings, client_id="test-lag-feed")
     producer.publish([Message(Topics.PATHS, a.key, a) for a in (attempt(i, 12) for i in range(30))])
@@ -277,9 +278,11 @@ class ConcurrencyRecorder:
         pass
 
 
-def test_the_sampler_keeps_max_concurrency_requests_in_flight_across_batch_boundaries(broker: LocalBroker) -> None:
+def test_the_sampler_keeps_max_concurrency_requests_in_flight_across_batch_boundaries(
+    broker: LocalBroker, bus_client: str
+) -> None:
     """2 questions x 2 samples = 4 requests per batch: only batches in flight side by side fill 6 slots."""
-    settings = bus_settings(broker).model_copy(update={"batch_size": 2})
+    settings = bus_settings(broker, client=bus_client).model_copy(update={"batch_size": 2})
     ensure_topics(settings, Topics.ALL, partitions=1, replication_factor=1)
     questions = [Question.create(f"What is {i} plus {i}?", str(2 * i), "gsm8k", "t:1") for i in range(16)]
     producer = kafka_bus(settings, client_id="test-window-feed")
