@@ -94,7 +94,8 @@ class RdKafkaBus:
             for m in messages:
                 while True:
                     try:
-                        produce(prefix + m.topic, m.value, m.key, headers=m.headers or None, on_delivery=on_error)
+                        headers: Any = m.headers or None  # (str, bytes) pairs; the stubs want a wider element type
+                        produce(prefix + m.topic, m.value, m.key, headers=headers, on_delivery=on_error)
                         break
                     except BufferError:  # the local queue is full: let deliveries drain it
                         self._producer.poll(0.1)
@@ -160,7 +161,9 @@ class RdKafkaInbox:
                 offset = wanted.get((tp.topic[cut:], tp.partition))
                 if offset is not None:
                     tp.offset = offset
-            log.info("%s: assigned %d partition(s), %d positioned by the sink", self.group, len(partitions), len(wanted))
+            log.info(
+                "%s: assigned %d partition(s), %d positioned by the sink", self.group, len(partitions), len(wanted)
+            )
         consumer.assign(partitions)
         if self._paused:
             consumer.pause(partitions)
@@ -198,7 +201,11 @@ class RdKafkaInbox:
         lost = ends.keys() - self._owned
         if lost:
             log.warning("%s: %d partition(s) were reassigned; their batches will be redelivered", self.group, len(lost))
-        offsets = [TopicPartition(topic, partition, end) for (topic, partition), end in ends.items() if (topic, partition) in self._owned]
+        offsets = [
+            TopicPartition(topic, partition, end)
+            for (topic, partition), end in ends.items()
+            if (topic, partition) in self._owned
+        ]
         if not offsets:
             return not lost
         try:

@@ -3,8 +3,9 @@
 
 Transient: the broker unreachable or an invalidated producer (kafka-python's retriable errors, an unknown or fenced
 producer id; librdkafka's retriable and fatal errors — a fatal one invalidates the client, which is rebuilt — and
-its transport, timeout and coordinator codes), the store unreachable or answering 5xx, an LLM that stayed unavailable through its own retries
-(`LLMUnavailable`: timeouts, 429, 5xx, refused connections), any refused or reset connection. Everything else —
+its transport, timeout and coordinator codes), the store unreachable or answering 5xx, an LLM that stayed
+unavailable through its own retries (`LLMUnavailable`: timeouts, 429, 5xx, refused connections), any refused or
+reset connection. Everything else —
 undecodable or invalid messages, deterministic stage errors, oversized messages — is permanent.
 
 A runtime that meets a transient failure reports the dependency down (`Dependencies`: one log line per state change,
