@@ -1,8 +1,11 @@
-"""The bus's consumer-group contract, on each Kafka client: a member that lost its generation cannot commit."""
+"""The bus's consumer-group contract, on each Kafka client: a member that lost its generation cannot commit, and
+partitions taken away while a batch waits (paused) are consumed again once they come back."""
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import Future
 
 from platform_testing import bus_settings, committed
 
@@ -46,3 +49,39 @@ def test_an_evicted_members_commit_is_refused_and_its_successor_redoes_the_batch
         zombie.close()
         if successor is not None:
             successor.close()
+
+
+def test_partitions_taken_away_while_a_batch_waits_are_consumed_once_they_come_back(
+    broker: LocalBroker, bus_client: str
+) -> None:
+    """The member waits for a batch with its partitions paused; another member joins meanwhile and takes some; when
+    it leaves they come back, and the first member consumes them (they are not left paused)."""
+    settings = bus_settings(broker, client=bus_client).model_copy(update={"batch_size": 4})
+    ensure_topics(settings, ["work"], partitions=2, replication_factor=1)
+    producer = kafka_bus(settings, client_id="test-paused-feed")
+    producer.publish_raw([RawMessage("work", f"k{i}".encode(), b"v", []) for i in range(20)])
+    producer.close()
+    group = settings.group_prefix + "work"
+    member = kafka_inbox(settings, group, ["work"], client_id="test-member")
+    visitor = kafka_inbox(settings, group, ["work"], client_id="test-visitor")
+    batch_done: Future[None] = Future()
+
+    def visit() -> None:  # joins (a rebalance while the member waits) and takes messages, which it never commits
+        poll_until(visitor, 1)
+        batch_done.set_result(None)
+
+    try:
+        seen = {d.key for d in poll_until(member, 1)}
+        visiting = threading.Thread(target=visit)
+        visiting.start()
+        member.wait_paused(batch_done)
+        visiting.join()
+    finally:
+        visitor.close()  # its partitions go back to the member
+    deadline = time.monotonic() + 60
+    try:
+        while len(seen) < 20:
+            assert time.monotonic() < deadline, f"consumed {len(seen)} of 20 keys: partitions left paused"
+            seen |= {d.key for d in member.poll(0.5)}
+    finally:
+        member.close()

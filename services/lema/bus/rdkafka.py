@@ -10,7 +10,7 @@ interval, and newly assigned partitions started where the sink's own offsets say
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -22,6 +22,7 @@ from lema.bus.kafka import (
     KEEPALIVE_S,
     BusError,
     Delivery,
+    Partition,
     PositionsOnAssign,
     RawMessage,
     T,
@@ -155,23 +156,24 @@ class RdKafkaInbox:
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         cut = len(self.prefix)
+        wanted: Mapping[Partition, int] = {}
         if self._positions is not None:
             wanted = self._positions([(tp.topic[cut:], tp.partition) for tp in partitions])
             for tp in partitions:
                 offset = wanted.get((tp.topic[cut:], tp.partition))
                 if offset is not None:
                     tp.offset = offset
-            log.info(
-                "%s: assigned %d partition(s), %d positioned by the sink", self.group, len(partitions), len(wanted)
-            )
         consumer.assign(partitions)
-        if self._paused:
-            consumer.pause(partitions)
+        # librdkafka keeps a partition's pause across assignments (one taken away while a batch waited would stay
+        # paused when it comes back): set it here, paused only while a batch is waited for.
+        (consumer.pause if self._paused else consumer.resume)(partitions)
         self._owned |= {(tp.topic, tp.partition) for tp in partitions}
+        log.info("%s: assigned %d partition(s), %d positioned by the sink", self.group, len(partitions), len(wanted))
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._owned -= {(tp.topic, tp.partition) for tp in partitions}
         consumer.unassign()
+        log.info("%s: %d partition(s) revoked", self.group, len(partitions))
 
     def poll(self, timeout_s: float, max_records: int | None = None) -> list[Delivery]:
         first = self._consumer.poll(timeout_s)  # returns as soon as one message is there
