@@ -2,14 +2,15 @@
 
 1. gRPC `CheckerService.Check` latency, p50 and p99, at concurrency 1 and 64: a `lema serve checker` process and an
    asyncio client with that many calls in flight.
-2. Per-stage Kafka throughput (messages/s) in steady state as a ratio to calling the same stage directly, with the
-   CPU time per message of each side, and the CPU time per message of the bus alone (the same messages consumed,
-   produced back and committed with no decoding and no stage): no stage runs over Kafka for less than the direct
-   cost plus that floor. The LLM stages use the replay backend, so the ratio measures the broker, serialisation and
-   commits, not an LLM. The recording they replay is made first by journaling a template backend that writes
-   well-formed completions (solutions, corrections, new questions) whose numbers vary with each request's seed.
+2. Per-stage Kafka throughput (messages/s) in steady state as a ratio to calling the same stage directly, for each
+   Kafka client (`bus.client`) in turn, with the CPU time per message of each side, and the CPU time per message of
+   the bus alone (the same messages consumed, produced back and committed with no decoding and no stage): no stage
+   runs over Kafka for less than the direct cost plus that floor. The LLM stages use the replay backend, so the ratio
+   measures the broker, serialisation and commits, not an LLM. The recording they replay is made first by journaling
+   a template backend that writes well-formed completions (solutions, corrections, new questions) whose numbers vary
+   with each request's seed.
 
-    python benchmarks/bench_platform.py [--messages 4000] [--batch-size 64] [--calls 2000]
+    python benchmarks/bench_platform.py [--messages 4000] [--batch-size 64] [--calls 2000] [--clients librdkafka]
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, get_args
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lema.bus.base import Message, Topics
-from lema.bus.kafka import KafkaBus, KafkaInbox, RawMessage, ensure_topics
+from lema.bus.kafka import RawMessage, ensure_topics, kafka_bus, kafka_inbox
 from lema.config import BusSettings, LemaSettings, LLMSettings
 from lema.inputs import load_questions
 from lema.llm.base import Completion, GenerationRequest, TokenUsage
@@ -42,6 +43,7 @@ from lema.runtime.kafka_worker import KafkaWorker
 from lema.v1 import checker_pb2, checker_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
+BUS_CLIENTS = get_args(BusSettings.model_fields["client"].annotation)
 TRAIN = REPO / "examples" / "data" / "gsm8k_train.jsonl"
 
 
@@ -153,7 +155,7 @@ def through_kafka(
     """Steady state: the clock starts once the group has joined and the first batch is done; the worker runs with
     the window `lema serve` gives it."""
     ensure_topics(bus, Topics.ALL, partitions=4, replication_factor=1)
-    producer = KafkaBus(bus, client_id="bench-feed")
+    producer = kafka_bus(bus, client_id="bench-feed")
     producer.publish([Message(topic, r.key, r) for r in records])  # type: ignore[attr-defined]
     producer.close()
     resources = warmed(settings)
@@ -179,9 +181,9 @@ def client_floor(records: list[Record], bus: BusSettings) -> float:
     """CPU microseconds per message that the bus alone costs: the same messages consumed, produced back unchanged
     (no decoding, no stage) and committed, in polls of `bus.batch_size`. No stage can run faster over Kafka."""
     ensure_topics(bus, ["floor.in", "floor.out"], partitions=4, replication_factor=1)
-    producer = KafkaBus(bus, client_id="bench-floor")
+    producer = kafka_bus(bus, client_id="bench-floor")
     producer.publish([Message("floor.in", r.key, r) for r in records])  # type: ignore[attr-defined]
-    inbox = KafkaInbox(bus, bus.group_prefix + "floor", ["floor.in"], client_id="bench-floor")
+    inbox = kafka_inbox(bus, bus.group_prefix + "floor", ["floor.in"], client_id="bench-floor")
     consumed = len(inbox.poll(5))
     cpu = time.process_time()
     measured = 0
@@ -197,37 +199,47 @@ def client_floor(records: list[Record], bus: BusSettings) -> float:
     return floor
 
 
-def kafka_table(broker: LocalBroker, messages: int, batch: int) -> None:
+def kafka_table(broker: LocalBroker, messages: int, batch: int, clients: Sequence[str] = BUS_CLIENTS) -> None:
+    """Each stage over each client in turn, the direct baseline measured right after each run (the load of this
+    machine changes by the minute: a ratio compares two neighbouring measurements)."""
     with tempfile.TemporaryDirectory() as tmp:
         recording = Path(tmp) / "recording.jsonl"
         inputs = stage_inputs(messages, recording)
         settings = settings_for(recording)
         print(f"\nKafka stage throughput ({batch} messages per batch, replayed LLM, steady state after one batch)")
         print(
-            f"{'stage':<8} {'messages':>8} {'direct msg/s':>13} {'kafka msg/s':>12} {'ratio':>6}"
+            f"{'stage':<8} {'client':<12} {'messages':>8} {'direct msg/s':>13} {'kafka msg/s':>12} {'ratio':>6}"
             f" {'direct CPU us/msg':>18} {'kafka CPU us/msg':>17}"
         )
         for index, (stage, worker_name, topic, _) in enumerate(STAGES):
             records = inputs[stage]
-            bus = BusSettings(
-                kind="kafka",
-                bootstrap_servers=broker.bootstrap_servers,
-                topic_prefix=f"bench{index}.",
-                group_prefix=f"bench{index}-",
-                batch_size=batch,
-                max_poll_interval_ms=6000,
-                session_timeout_ms=6000,
-            )
-            via_kafka = through_kafka(worker_name, topic, records, settings, bus)
-            baseline = direct(worker_name, topic, records, settings, batch)
-            ratio = via_kafka.per_s / baseline.per_s
-            print(
-                f"{stage:<8} {len(records):>8} {baseline.per_s:>13.0f} {via_kafka.per_s:>12.0f} {ratio:>6.2f}"
-                f" {baseline.cpu_us:>18.1f} {via_kafka.cpu_us:>17.1f}"
-            )
-        bus = bus.model_copy(update={"topic_prefix": "floor.", "group_prefix": "floor-"})
-        floor = client_floor(inputs["check"], bus)
-        print(f"the bus alone (kafka-python; consume, produce unchanged, commit; no decoding): {floor:.1f} CPU us/msg")
+            for client in clients:
+                bus = bench_bus(broker, f"bench{index}{client[:5]}", batch, client)
+                via_kafka = through_kafka(worker_name, topic, records, settings, bus)
+                baseline = direct(worker_name, topic, records, settings, batch)
+                ratio = via_kafka.per_s / baseline.per_s
+                print(
+                    f"{stage:<8} {client:<12} {len(records):>8} {baseline.per_s:>13.0f} {via_kafka.per_s:>12.0f}"
+                    f" {ratio:>6.2f} {baseline.cpu_us:>18.1f} {via_kafka.cpu_us:>17.1f}"
+                )
+        for client in clients:
+            floor = client_floor(inputs["check"], bench_bus(broker, f"floor{client[:5]}", batch, client))
+            print(f"the bus alone ({client}; consume, produce unchanged, commit; no decoding): {floor:.1f} CPU us/msg")
+
+
+def bench_bus(broker: LocalBroker, namespace: str, batch: int, client: str) -> BusSettings:
+    return BusSettings.model_validate(
+        {
+            "kind": "kafka",
+            "client": client,
+            "bootstrap_servers": broker.bootstrap_servers,
+            "topic_prefix": f"{namespace}.",
+            "group_prefix": f"{namespace}-",
+            "batch_size": batch,
+            "max_poll_interval_ms": 6000,
+            "session_timeout_ms": 6000,
+        }
+    )
 
 
 async def _latencies(target: str, concurrency: int, calls: int) -> list[float]:
@@ -283,10 +295,11 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=4000, help="input messages per stage (>= 2000 measured)")
     parser.add_argument("--batch-size", type=int, default=64, help="messages per Kafka batch and per direct call")
     parser.add_argument("--calls", type=int, default=2000, help="gRPC calls per concurrency level")
+    parser.add_argument("--clients", default=",".join(BUS_CLIENTS), help="Kafka clients (bus.client) to measure")
     args = parser.parse_args()
     grpc_table(args.calls)
     with LocalBroker() as broker:
-        kafka_table(broker, args.messages, args.batch_size)
+        kafka_table(broker, args.messages, args.batch_size, args.clients.split(","))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from platform_testing import BUS_CLIENTS
 
 from lema.runtime.infra import LocalBroker, LocalS3
 
@@ -14,6 +15,12 @@ from lema.runtime.infra import LocalBroker, LocalS3
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     with LocalBroker(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log") as started:
         yield started
+
+
+@pytest.fixture(params=BUS_CLIENTS)
+def bus_client(request: pytest.FixtureRequest) -> str:
+    """Runs a bus-contract test once per Kafka client (`bus.client`)."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="session")

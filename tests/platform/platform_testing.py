@@ -29,10 +29,16 @@ GSM8K_TEST = REPO / "examples" / "data" / "gsm8k_test.jsonl"
 _namespaces = itertools.count()
 
 
-def kafka_settings(broker: LocalBroker, namespace: str) -> dict[str, Any]:
-    """Bus settings isolating a test on a shared broker (own topic prefix and groups), with fast group joins."""
+BUS_CLIENTS = ("librdkafka", "kafka-python")
+"""Every Kafka client behind the bus (`bus.client`): the bus-contract tests run on each."""
+
+
+def kafka_settings(broker: LocalBroker, namespace: str, client: str | None = None) -> dict[str, Any]:
+    """Bus settings isolating a test on a shared broker (own topic prefix and groups), with fast group joins;
+    `client` defaults to `bus.client`'s default."""
     return {
         "kind": "kafka",
+        "client": client or BusSettings().client,
         "bootstrap_servers": broker.bootstrap_servers,
         "topic_prefix": f"{namespace}.",
         "group_prefix": f"{namespace}-",
@@ -42,8 +48,8 @@ def kafka_settings(broker: LocalBroker, namespace: str) -> dict[str, Any]:
     }
 
 
-def bus_settings(broker: LocalBroker, namespace: str | None = None) -> BusSettings:
-    return BusSettings(**kafka_settings(broker, namespace or f"t{next(_namespaces)}-{os.getpid()}"))
+def bus_settings(broker: LocalBroker, namespace: str | None = None, client: str | None = None) -> BusSettings:
+    return BusSettings(**kafka_settings(broker, namespace or f"t{next(_namespaces)}-{os.getpid()}", client))
 
 
 def read_topics(settings: BusSettings, topics: Sequence[str], expected: int, timeout_s: float = 60) -> list[Delivery]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from platform_testing import ServiceChild, bus_settings, s3_env, store_settings, write_config
 
 from lema.bus.base import Message, Topics
-from lema.bus.kafka import KafkaBus, ensure_topics
+from lema.bus.kafka import ensure_topics, kafka_bus
 from lema.config import StoreSettings
 from lema.dataset.reader import read_examples
 from lema.records import Attempt, CorrectedAttempt, Correction, Question, ReasoningPath
@@ -67,10 +67,10 @@ def flow() -> tuple[list[Question], list[Attempt], list[CorrectedAttempt]]:
 
 
 def test_sigkill_mid_batch_loses_and_duplicates_nothing(
-    broker: LocalBroker, s3_credentials: LocalS3, tmp_path: Path, logs: Path
+    broker: LocalBroker, bus_client: str, s3_credentials: LocalS3, tmp_path: Path, logs: Path
 ) -> None:
     s3 = s3_credentials
-    bus = bus_settings(broker)
+    bus = bus_settings(broker, client=bus_client)
     settings = {
         "run": {"name": "killed"},
         "bus": bus.model_dump(),
@@ -80,7 +80,7 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(
     config = write_config(tmp_path / "config.yaml", settings)
     ensure_topics(bus, Topics.ALL, partitions=4, replication_factor=1)
     questions, attempts, corrections = flow()
-    producer = KafkaBus(bus, client_id="test-feed")
+    producer = kafka_bus(bus, client_id="test-feed")
     producer.publish([Message(Topics.QUESTIONS, q.key, q) for q in questions])
 
     services = {

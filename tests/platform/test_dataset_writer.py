@@ -13,7 +13,7 @@ import pytest
 from platform_testing import ServiceChild, bus_settings, s3_env, store_settings, write_config
 
 from lema.bus.base import Message, Topics
-from lema.bus.kafka import KafkaBus, ensure_topics
+from lema.bus.kafka import ensure_topics, kafka_bus
 from lema.config import BusSettings, LemaSettings
 from lema.dataset import create_sink
 from lema.dataset.base import DatasetSink
@@ -53,7 +53,7 @@ def drops(start: int, count: int) -> list[Drop]:
 
 
 def publish(bus: BusSettings, cot: list[Attempt], dropped: list[Drop]) -> None:
-    producer = KafkaBus(bus, client_id="test-feed")
+    producer = kafka_bus(bus, client_id="test-feed")
     try:
         producer.publish(
             [Message(Topics.COT, a.key, a) for a in cot] + [Message(Topics.DROPS, d.key, d) for d in dropped]
@@ -82,8 +82,8 @@ def settings_for(bus: BusSettings, s3: LocalS3, run: str) -> LemaSettings:
 
 
 @pytest.fixture
-def s3_bus(broker: LocalBroker, s3_credentials: LocalS3) -> Iterator[tuple[BusSettings, LocalS3]]:
-    bus = bus_settings(broker)
+def s3_bus(broker: LocalBroker, s3_credentials: LocalS3, bus_client: str) -> Iterator[tuple[BusSettings, LocalS3]]:
+    bus = bus_settings(broker, client=bus_client)
     ensure_topics(bus, Topics.ALL, partitions=PARTITIONS, replication_factor=1)
     yield bus, s3_credentials
 

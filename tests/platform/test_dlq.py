@@ -8,7 +8,7 @@ from platform_testing import bus_settings, read_topics, write_config
 from typer.testing import CliRunner
 
 from lema.bus.base import Message, Topics
-from lema.bus.kafka import KafkaBus, RawMessage, ensure_topics
+from lema.bus.kafka import RawMessage, ensure_topics, kafka_bus
 from lema.cli import app
 from lema.config import LemaSettings
 from lema.pipeline import Resources, build_worker
@@ -23,7 +23,7 @@ QUESTION = Question.create("Ann has 5 pens and buys 7 more. How many pens does s
 def test_list_show_and_redrive_dead_letters(broker: LocalBroker, tmp_path: Path) -> None:
     bus = bus_settings(broker)
     ensure_topics(bus, Topics.ALL, partitions=1, replication_factor=1)
-    producer = KafkaBus(bus, client_id="test-producer")
+    producer = kafka_bus(bus, client_id="test-producer")
     producer.publish_raw([RawMessage(Topics.PATHS, b"garbage", b"\xff not an envelope", [])])
     producer.publish([Message(Topics.PATHS, QUESTION.key, QUESTION)])  # a valid record on the wrong topic
     oversized = [

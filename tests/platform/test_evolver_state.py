@@ -15,7 +15,7 @@ import pytest
 from platform_testing import bus_settings, committed, read_topics
 
 from lema.bus.base import Message, Topics
-from lema.bus.kafka import KafkaBus, ensure_topics
+from lema.bus.kafka import KafkaBus, ensure_topics, kafka_bus
 from lema.config import BusSettings, LemaSettings, LLMSettings
 from lema.evolver_state.kafka import KafkaEvolverState
 from lema.llm.base import Completion, GenerationRequest, TokenUsage
@@ -108,7 +108,7 @@ def settings_for(bus: BusSettings) -> LemaSettings:
 def bus(broker: LocalBroker) -> Iterator[tuple[BusSettings, KafkaBus]]:
     settings = bus_settings(broker)
     ensure_topics(settings, Topics.ALL, partitions=3, replication_factor=1)
-    producer = KafkaBus(settings, client_id="test-producer")
+    producer = kafka_bus(settings, client_id="test-producer")
     yield settings, producer
     producer.close()
 
@@ -174,12 +174,14 @@ def test_two_replicas_never_evolve_the_same_seed(bus: tuple[BusSettings, KafkaBu
     calls: Counter[str] = Counter()
     replicas = [evolver(settings, calls, f"replica-{i}") for i in range(2)]
     consumed = Counter[int]()
+    assigned = [False, False]
     stop = threading.Event()
 
     def consume(index: int) -> None:
         worker = replicas[index][0]
         while not stop.is_set():
             consumed[index] += worker.step(0.3)
+            assigned[index] = bool(worker.inbox.lag())  # on its own thread: a client is not shared across threads
 
     threads = [threading.Thread(target=consume, args=(i,)) for i in range(2)]
     for thread in threads:
@@ -187,7 +189,7 @@ def test_two_replicas_never_evolve_the_same_seed(bus: tuple[BusSettings, KafkaBu
     deadline = time.monotonic() + 120
     try:
         # Both replicas in the group before anything arrives, so each one owns some partitions.
-        while not all(worker.inbox._consumer.assignment() for worker, _ in replicas):
+        while not all(assigned):
             assert time.monotonic() < deadline, "the replicas did not both join the group"
             time.sleep(0.2)
         producer.publish([Message(Topics.VERIFIED, c.key, c) for c in corrections])

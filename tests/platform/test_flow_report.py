@@ -8,7 +8,7 @@ from pathlib import Path
 from platform_testing import ServiceChild, bus_settings, s3_env, store_settings, write_config
 
 from lema.bus.base import Message, Topics
-from lema.bus.kafka import KafkaBus, ensure_topics
+from lema.bus.kafka import ensure_topics, kafka_bus
 from lema.config import StoreSettings
 from lema.records import Attempt, Question, ReasoningPath
 from lema.runtime.infra import LocalBroker, LocalS3
@@ -36,7 +36,7 @@ def test_a_stray_record_and_a_dead_letter_are_reported_and_the_flow_settles(
         path = ReasoningPath(
             id="p-stray", question_id=QUESTIONS[0].id, model="m", sample_index=0, prompt_version="t", text="x"
         )
-        producer = KafkaBus(bus, client_id="test-producer")
+        producer = kafka_bus(bus, client_id="test-producer")
         producer.publish([Message(Topics.QUESTIONS, q.key, q) for q in QUESTIONS])
         # A valid record on the wrong topic: the writer dead-letters it, and it can never reach the dataset.
         producer.publish([Message(Topics.QUESTIONS, "p-stray", Attempt(question=QUESTIONS[0], path=path))])

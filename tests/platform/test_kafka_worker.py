@@ -10,11 +10,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from platform_testing import bus_settings, committed, read_topics
+from platform_testing import BUS_CLIENTS, bus_settings, committed, read_topics
 from prometheus_client import REGISTRY
 
 from lema.bus.base import Message, Topics
-from lema.bus.kafka import KafkaBus, RawMessage, ensure_topics
+from lema.bus.kafka import KafkaBus, RawMessage, ensure_topics, kafka_bus
 from lema.config import BusSettings, LemaSettings, LLMSettings
 from lema.llm.base import Completion, GenerationRequest, TokenUsage
 from lema.pipeline import Resources, batches_in_flight, build_worker
@@ -40,10 +40,10 @@ def attempt(index: int, answer: int) -> Attempt:
 
 
 @pytest.fixture
-def bus(broker: LocalBroker) -> Iterator[tuple[BusSettings, KafkaBus]]:
-    settings = bus_settings(broker)
+def bus(broker: LocalBroker, bus_client: str) -> Iterator[tuple[BusSettings, KafkaBus]]:
+    settings = bus_settings(broker, client=bus_client)
     ensure_topics(settings, Topics.ALL, partitions=2, replication_factor=1)
-    producer = KafkaBus(settings, client_id="test-producer")
+    producer = kafka_bus(settings, client_id="test-producer")
     yield settings, producer
     producer.close()
 
@@ -122,11 +122,16 @@ def test_a_failing_message_is_retried_then_dead_lettered_and_the_worker_carries_
         assert b"LLMError" in headers["lema-error"] and b"no recorded completion" in headers["lema-error"]
 
 
-def test_a_batch_longer_than_the_poll_interval_keeps_its_partitions(broker: LocalBroker) -> None:
+def test_a_batch_longer_than_the_poll_interval_keeps_its_partitions(broker: LocalBroker, bus_client: str) -> None:
     """Symbolic checks outlast `max_poll_interval_ms`: the member stays in the group, commits, sees nothing twice."""
-    settings = bus_settings(broker).model_copy(update={"max_poll_interval_ms": 1000, "batch_size": 100})
+    # librdkafka takes no poll interval below the session timeout, so its session is short too (its heartbeats run
+    # in C threads); kafka-python's heartbeat thread needs the default's slack on a loaded machine.
+    session_ms = {"librdkafka": 1000, "kafka-python": 6000}[bus_client]
+    short = {"max_poll_interval_ms": 1000, "session_timeout_ms": session_ms, "batch_size": 200}
+    settings = bus_settings(broker, client=bus_client).model_copy(update=short)
     ensure_topics(settings, Topics.ALL, partitions=1, replication_factor=1)
     question = Question.create("Simplify the sum.", "\\sqrt{2}+\\frac{1}{2}", "math", "m:1")
+    first = 1 + 1000 * BUS_CLIENTS.index(bus_client)  # expressions new to this process: the checker caches results
     attempts = [
         Attempt(
             question=question,
@@ -139,9 +144,9 @@ def test_a_batch_longer_than_the_poll_interval_keeps_its_partitions(broker: Loca
                 text=f"So the total is $\\boxed{{\\frac{{{i}}}{{{2 * i}}}+\\sqrt{{2}}}}$",
             ),
         )
-        for i in range(1, 81)
+        for i in range(first, first + 200)
     ]
-    producer = KafkaBus(settings, client_id="test-slow-feed")
+    producer = kafka_bus(settings, client_id="test-slow-feed")
     producer.publish([Message(Topics.PATHS, a.key, a) for a in attempts])
     producer.close()
     lema_settings = LemaSettings.model_validate({"checker": {"workers": 1}})
@@ -160,10 +165,10 @@ def test_a_batch_longer_than_the_poll_interval_keeps_its_partitions(broker: Loca
     assert sorted(d.key.decode() for d in results if d.key) == sorted(a.key for a in attempts)  # each exactly once
 
 
-def test_consumer_lag_is_exported(broker: LocalBroker) -> None:
-    settings = bus_settings(broker).model_copy(update={"batch_size": 8})
+def test_consumer_lag_is_exported(broker: LocalBroker, bus_client: str) -> None:
+    settings = bus_settings(broker, client=bus_client).model_copy(update={"batch_size": 8})
     ensure_topics(settings, Topics.ALL, partitions=1, replication_factor=1)
-    producer = KafkaBus(settings, client_id="test-lag-feed")
+    producer = kafka_bus(settings, client_id="test-lag-feed")
     producer.publish([Message(Topics.PATHS, a.key, a) for a in (attempt(i, 12) for i in range(30))])
     producer.close()
     resources = Resources(LemaSettings())
@@ -277,12 +282,14 @@ class ConcurrencyRecorder:
         pass
 
 
-def test_the_sampler_keeps_max_concurrency_requests_in_flight_across_batch_boundaries(broker: LocalBroker) -> None:
+def test_the_sampler_keeps_max_concurrency_requests_in_flight_across_batch_boundaries(
+    broker: LocalBroker, bus_client: str
+) -> None:
     """2 questions x 2 samples = 4 requests per batch: only batches in flight side by side fill 6 slots."""
-    settings = bus_settings(broker).model_copy(update={"batch_size": 2})
+    settings = bus_settings(broker, client=bus_client).model_copy(update={"batch_size": 2})
     ensure_topics(settings, Topics.ALL, partitions=1, replication_factor=1)
     questions = [Question.create(f"What is {i} plus {i}?", str(2 * i), "gsm8k", "t:1") for i in range(16)]
-    producer = KafkaBus(settings, client_id="test-window-feed")
+    producer = kafka_bus(settings, client_id="test-window-feed")
     producer.publish([Message(Topics.QUESTIONS, q.key, q) for q in questions])
     producer.close()
     lema_settings = LemaSettings.model_validate(

@@ -37,7 +37,7 @@ from platform_testing import (
 )
 
 from lema.bus.base import Topics
-from lema.bus.kafka import KafkaBus, RawMessage, ensure_topics
+from lema.bus.kafka import RawMessage, ensure_topics, kafka_bus
 from lema.config import BusSettings, StoreSettings
 from lema.dataset.reader import RUNTIME_KEYS
 from lema.records import Question
@@ -134,7 +134,7 @@ def platform(broker: LocalBroker, s3: LocalS3, tmp_path_factory: pytest.TempPath
 
 def test_topic_flow_gives_the_embedded_dataset_and_dead_letters_malformed_messages(platform: Platform) -> None:
     ensure_topics(platform.bus, Topics.ALL, partitions=4, replication_factor=1)
-    producer = KafkaBus(platform.bus, client_id="test-malformed")
+    producer = kafka_bus(platform.bus, client_id="test-malformed")
     input_topics = sorted({topic for topics in SERVICE_INPUTS.values() for topic in topics})
     producer.publish_raw(
         [RawMessage(topic, f"bad-{topic}".encode(), b"\x00 not protobuf", []) for topic in input_topics]

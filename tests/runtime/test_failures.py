@@ -7,6 +7,7 @@ import logging
 import threading
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError, UnknownProducerIdError
 from prometheus_client import REGISTRY
 
@@ -33,6 +34,27 @@ def test_unavailable_dependencies_are_transient() -> None:
     assert classify(invalidated).dependency == "broker"  # type: ignore[union-attr]
     assert classify(LLMUnavailable("model 'm': HTTP 503")).dependency == "llm"  # type: ignore[union-attr]
     assert classify(ConnectionRefusedError()).dependency == "network"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        KafkaError(KafkaError._TRANSPORT),  # librdkafka: the broker connection failed
+        KafkaError(KafkaError._MSG_TIMED_OUT),  # not acknowledged within the delivery timeout
+        KafkaError(KafkaError.NOT_COORDINATOR),
+        KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, fatal=True),  # an invalidated idempotent producer
+        KafkaError(KafkaError.REQUEST_TIMED_OUT, retriable=True),
+    ],
+    ids=str,
+)
+def test_librdkafka_outages_and_invalidated_clients_are_transient(error: KafkaError) -> None:
+    failure = classify(wrapped(KafkaException(error), BusError("kafka: not acknowledged")))
+    assert failure is not None and failure.dependency == "broker"
+
+
+def test_librdkafka_errors_about_the_message_are_permanent() -> None:
+    assert classify(wrapped(KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)), BusError("too large"))) is None
+    assert classify(KafkaException(KafkaError(KafkaError.INVALID_RECORD))) is None
 
 
 def test_an_unreachable_s3_server_is_a_transient_store_failure(monkeypatch: pytest.MonkeyPatch) -> None:

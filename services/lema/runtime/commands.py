@@ -199,7 +199,7 @@ def submit_command(
     Exit code: 0 settled and clean; 1 not settled within --timeout-s; 3 settled, but messages were dead-lettered
     meanwhile (`lema dlq list`); 4 settled, but the dataset does not count what the topics hold."""
     from lema.bus.base import Message, Topics
-    from lema.bus.kafka import KafkaBus, ensure_topics
+    from lema.bus.kafka import ensure_topics, kafka_bus
     from lema.inputs import InputError, load_questions
     from lema.runtime.progress import FlowReport, FlowTracker
     from lema.store import create_store
@@ -214,7 +214,7 @@ def submit_command(
     ensure_topics(bus_settings, Topics.ALL, settings.topics.partitions, settings.topics.replication_factor)
     store = create_store(settings.store)
     tracker = FlowTracker(bus_settings, settings.store, settings.run.name) if follow else None
-    bus = KafkaBus(bus_settings, client_id="lema-submit")
+    bus = kafka_bus(bus_settings, client_id="lema-submit")
     try:
         bus.publish([Message(Topics.QUESTIONS, q.key, q) for q in loaded])
     finally:

@@ -116,7 +116,7 @@ def read_dead_letters(
 
 def redrive(settings: BusSettings, letters: Sequence[DeadLetter]) -> tuple[Counter[str], list[tuple[DeadLetter, str]]]:
     """Republish letters to their source topics; returns (count per source topic, [(letter, why it was skipped)])."""
-    from lema.bus.kafka import KafkaBus, RawMessage
+    from lema.bus.kafka import RawMessage, kafka_bus
 
     skipped: list[tuple[DeadLetter, str]] = []
     messages: list[RawMessage] = []
@@ -130,7 +130,7 @@ def redrive(settings: BusSettings, letters: Sequence[DeadLetter]) -> tuple[Count
             headers.append((REDRIVEN_FROM, f"{Topics.DLQ}@{letter.position}".encode()))
             messages.append(RawMessage(letter.source_topic, letter.key, letter.value, headers))
     if messages:
-        bus = KafkaBus(settings, client_id="lema-dlq-redrive")
+        bus = kafka_bus(settings, client_id="lema-dlq-redrive")
         try:
             bus.publish_raw(messages)
         finally:

@@ -2,8 +2,10 @@
 *permanent* (this input can never succeed: dead-letter it)?
 
 Transient: the broker unreachable or an invalidated producer (kafka-python's retriable errors, an unknown or fenced
-producer id), the store unreachable or answering 5xx, an LLM that stayed unavailable through its own retries
-(`LLMUnavailable`: timeouts, 429, 5xx, refused connections), any refused or reset connection. Everything else —
+producer id; librdkafka's retriable and fatal errors — a fatal one invalidates the client, which is rebuilt — and
+its transport, timeout and coordinator codes), the store unreachable or answering 5xx, an LLM that stayed
+unavailable through its own retries (`LLMUnavailable`: timeouts, 429, 5xx, refused connections), any refused or
+reset connection. Everything else —
 undecodable or invalid messages, deterministic stage errors, oversized messages — is permanent.
 
 A runtime that meets a transient failure reports the dependency down (`Dependencies`: one log line per state change,
@@ -33,6 +35,29 @@ DEPENDENCY_UP = Gauge(
     "lema_dependency_up", "1 while this process can use the dependency, 0 while it is waiting for it.", ["dependency"]
 )
 _TRANSIENT_BROKER_ERRORS = ("UnknownProducerIdError", "ProducerFencedError", "OutOfOrderSequenceNumberError")
+_TRANSIENT_RDKAFKA_CODES = (
+    "_TRANSPORT",
+    "_ALL_BROKERS_DOWN",
+    "_RESOLVE",
+    "_MSG_TIMED_OUT",
+    "_TIMED_OUT",
+    "_TIMED_OUT_QUEUE",
+    "_WAIT_COORD",
+    "_PURGE_QUEUE",
+    "_PURGE_INFLIGHT",
+    "REQUEST_TIMED_OUT",
+    "NETWORK_EXCEPTION",
+    "BROKER_NOT_AVAILABLE",
+    "LEADER_NOT_AVAILABLE",
+    "NOT_LEADER_FOR_PARTITION",
+    "NOT_COORDINATOR",
+    "COORDINATOR_NOT_AVAILABLE",
+    "COORDINATOR_LOAD_IN_PROGRESS",
+    "NOT_ENOUGH_REPLICAS",
+    "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
+    "UNKNOWN_TOPIC_OR_PART",
+)
+"""librdkafka error codes (KafkaError names) meaning the broker is unavailable, even when not flagged retriable."""
 _TRANSIENT_S3_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
 
 
@@ -61,6 +86,8 @@ def classify(exc: BaseException) -> Transient | None:
 
 
 def _dependency_down(exc: BaseException) -> str | None:
+    from confluent_kafka import KafkaError as RdKafkaError
+    from confluent_kafka import KafkaException as RdKafkaException
     from kafka.errors import KafkaError
     from minio.error import S3Error, ServerError
     from urllib3.exceptions import HTTPError as Urllib3Error
@@ -69,6 +96,9 @@ def _dependency_down(exc: BaseException) -> str | None:
         return LLM
     if isinstance(exc, KafkaError):
         return BROKER if exc.retriable or type(exc).__name__ in _TRANSIENT_BROKER_ERRORS else None
+    if isinstance(exc, RdKafkaException) and exc.args and isinstance(exc.args[0], RdKafkaError):
+        error = exc.args[0]
+        return BROKER if error.retriable() or error.fatal() or error.name() in _TRANSIENT_RDKAFKA_CODES else None
     if isinstance(exc, ServerError) or (isinstance(exc, S3Error) and exc.code in _TRANSIENT_S3_CODES):
         return STORE
     if isinstance(exc, Urllib3Error):  # the minio client's transport: refused, reset, timed out

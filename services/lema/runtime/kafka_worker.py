@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from lema.bus.base import Message, Topics
-from lema.bus.kafka import Delivery, KafkaBus, KafkaInbox, PositionsOnAssign, RawMessage
+from lema.bus.kafka import Delivery, KafkaBus, KafkaInbox, PositionsOnAssign, RawMessage, kafka_bus, kafka_inbox
 from lema.config import BusSettings
 from lema.pipeline import STAGE_OF, Worker
 from lema.records import Record
@@ -104,7 +104,7 @@ class KafkaWorker:
         self.retry_backoff_s = retry_backoff_s
         self.dependencies = dependencies or Dependencies(worker.name)
         self.stop = threading.Event()
-        self._bus: KafkaBus | None = KafkaBus(settings, client_id=client_id)
+        self._bus: KafkaBus | None = kafka_bus(settings, client_id=client_id)
         self._bus_lock = threading.Lock()
         self.inbox = self._new_inbox()
         self._inbox_stale, self._inbox_generation = False, 0
@@ -222,14 +222,14 @@ class KafkaWorker:
 
     def _new_inbox(self) -> KafkaInbox:
         inputs = list(self.worker.inputs)
-        return KafkaInbox(self.settings, self.group, inputs, client_id=self.client_id, on_assign=self.on_assign)
+        return kafka_inbox(self.settings, self.group, inputs, client_id=self.client_id, on_assign=self.on_assign)
 
     def _publish(self, messages: Sequence[RawMessage]) -> None:
         """Publish and wait for every acknowledgement; after a failure the producer is rebuilt on the next try (of
         whichever batch in flight comes first: they share it)."""
         with self._bus_lock:
             if self._bus is None:
-                self._bus = KafkaBus(self.settings, client_id=self.client_id)
+                self._bus = kafka_bus(self.settings, client_id=self.client_id)
             bus = self._bus
         try:
             bus.publish_raw(messages)

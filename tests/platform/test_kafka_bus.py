@@ -1,0 +1,87 @@
+"""The bus's consumer-group contract, on each Kafka client: a member that lost its generation cannot commit, and
+partitions taken away while a batch waits (paused) are consumed again once they come back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+
+from platform_testing import bus_settings, committed
+
+from lema.bus.kafka import Delivery, KafkaInbox, RawMessage, ensure_topics, kafka_bus, kafka_inbox
+from lema.runtime.infra import LocalBroker
+
+
+def poll_until(inbox: KafkaInbox, count: int, timeout_s: float = 60) -> list[Delivery]:
+    got: list[Delivery] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"polled {len(got)} of {count} messages"
+        got += inbox.poll(0.5, max_records=count - len(got))
+    return got
+
+
+def test_an_evicted_members_commit_is_refused_and_its_successor_redoes_the_batch(
+    broker: LocalBroker, bus_client: str
+) -> None:
+    """The zombie: it polled a batch, then stayed silent past the poll interval; the group gave its partitions to
+    a successor, which consumes the same messages. The zombie's late commit must not move the group's offsets."""
+    settings = bus_settings(broker, client=bus_client)
+    ensure_topics(settings, ["work"], partitions=2, replication_factor=1)
+    producer = kafka_bus(settings, client_id="test-zombie-feed")
+    producer.publish_raw([RawMessage("work", f"k{i}".encode(), b"v", []) for i in range(20)])
+    producer.close()
+    group = settings.group_prefix + "work"
+    zombie = kafka_inbox(settings, group, ["work"], client_id="test-zombie")
+    successor = None
+    try:
+        batch = poll_until(zombie, 5)
+        time.sleep(settings.max_poll_interval_ms / 1000 + 3)  # no poll: evicted from the group
+        successor = kafka_inbox(settings, group, ["work"], client_id="test-successor")
+        redone = poll_until(successor, 20)  # every message, the zombie's batch included
+        assert {d.key for d in batch} <= {d.key for d in redone}
+        assert zombie.commit(batch) is False
+        assert committed(settings, "work") == {}
+        assert successor.commit(redone) is True
+        assert sum(committed(settings, "work").values()) == 20
+    finally:
+        zombie.close()
+        if successor is not None:
+            successor.close()
+
+
+def test_partitions_taken_away_while_a_batch_waits_are_consumed_once_they_come_back(
+    broker: LocalBroker, bus_client: str
+) -> None:
+    """The member waits for a batch with its partitions paused; another member joins meanwhile and takes some; when
+    it leaves they come back, and the first member consumes them (they are not left paused)."""
+    settings = bus_settings(broker, client=bus_client).model_copy(update={"batch_size": 4})
+    ensure_topics(settings, ["work"], partitions=2, replication_factor=1)
+    producer = kafka_bus(settings, client_id="test-paused-feed")
+    producer.publish_raw([RawMessage("work", f"k{i}".encode(), b"v", []) for i in range(20)])
+    producer.close()
+    group = settings.group_prefix + "work"
+    member = kafka_inbox(settings, group, ["work"], client_id="test-member")
+    visitor = kafka_inbox(settings, group, ["work"], client_id="test-visitor")
+    batch_done: Future[None] = Future()
+
+    def visit() -> None:  # joins (a rebalance while the member waits) and takes messages, which it never commits
+        poll_until(visitor, 1)
+        batch_done.set_result(None)
+
+    try:
+        seen = {d.key for d in poll_until(member, 1)}
+        visiting = threading.Thread(target=visit)
+        visiting.start()
+        member.wait_paused(batch_done)
+        visiting.join()
+    finally:
+        visitor.close()  # its partitions go back to the member
+    deadline = time.monotonic() + 60
+    try:
+        while len(seen) < 20:
+            assert time.monotonic() < deadline, f"consumed {len(seen)} of 20 keys: partitions left paused"
+            seen |= {d.key for d in member.poll(0.5)}
+    finally:
+        member.close()
