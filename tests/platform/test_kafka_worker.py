@@ -10,15 +10,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from platform_testing import BUS_CLIENTS, bus_settings, committed, read_topics
+from platform_testing import bus_settings, committed, read_topics
 from prometheus_client import REGISTRY
 
 from lema.bus.base import Message, Topics
 from lema.bus.kafka import KafkaBus, RawMessage, ensure_topics, kafka_bus
 from lema.config import BusSettings, LemaSettings, LLMSettings
 from lema.llm.base import Completion, GenerationRequest, TokenUsage
-from lema.pipeline import Resources, batches_in_flight, build_worker
-from lema.records import Attempt, Question, ReasoningPath
+from lema.pipeline import Resources, Worker, batches_in_flight, build_worker
+from lema.records import Attempt, Question, ReasoningPath, Record
 from lema.runtime.failures import Dependencies
 from lema.runtime.infra import LocalBroker, free_port
 from lema.runtime.kafka_worker import KafkaWorker
@@ -122,44 +122,38 @@ def test_a_failing_message_is_retried_then_dead_lettered_and_the_worker_carries_
         assert b"LLMError" in headers["lema-error"] and b"no recorded completion" in headers["lema-error"]
 
 
+class SlowStage:
+    """A stage worker whose every batch takes `pause_s` longer than the worker it wraps."""
+
+    def __init__(self, inner: Worker, pause_s: float) -> None:
+        self.name, self.inputs = inner.name, inner.inputs
+        self._inner, self._pause_s = inner, pause_s
+
+    def process(self, topic: str, records: Sequence[Record]) -> list[Message]:
+        time.sleep(self._pause_s)
+        return self._inner.process(topic, records)
+
+
 def test_a_batch_longer_than_the_poll_interval_keeps_its_partitions(broker: LocalBroker, bus_client: str) -> None:
-    """Symbolic checks outlast `max_poll_interval_ms`: the member stays in the group, commits, sees nothing twice."""
+    """A batch outlasts `max_poll_interval_ms`: the member stays in the group, commits, sees nothing twice."""
     # librdkafka takes no poll interval below the session timeout, so its session is short too (its heartbeats run
     # in C threads); kafka-python's heartbeat thread needs the default's slack on a loaded machine.
     session_ms = {"librdkafka": 1000, "kafka-python": 6000}[bus_client]
-    short = {"max_poll_interval_ms": 1000, "session_timeout_ms": session_ms, "batch_size": 200}
+    short = {"max_poll_interval_ms": 1000, "session_timeout_ms": session_ms, "batch_size": 100}
     settings = bus_settings(broker, client=bus_client).model_copy(update=short)
     ensure_topics(settings, Topics.ALL, partitions=1, replication_factor=1)
-    question = Question.create("Simplify the sum.", "\\sqrt{2}+\\frac{1}{2}", "math", "m:1")
-    first = 1 + 1000 * BUS_CLIENTS.index(bus_client)  # expressions new to this process: the checker caches results
-    attempts = [
-        Attempt(
-            question=question,
-            path=ReasoningPath(
-                id=f"p-{i}",
-                question_id=question.id,
-                model="m",
-                sample_index=i,
-                prompt_version="v",
-                text=f"So the total is $\\boxed{{\\frac{{{i}}}{{{2 * i}}}+\\sqrt{{2}}}}$",
-            ),
-        )
-        for i in range(first, first + 200)
-    ]
+    attempts = [attempt(i, 12 + i % 2) for i in range(40)]
     producer = kafka_bus(settings, client_id="test-slow-feed")
     producer.publish([Message(Topics.PATHS, a.key, a) for a in attempts])
     producer.close()
-    lema_settings = LemaSettings.model_validate({"checker": {"workers": 1}})
-    resources = Resources(lema_settings)
-    worker = KafkaWorker(build_worker("checker", lema_settings, resources), settings, client_id="test-slow")
-    spent = REGISTRY.get_sample_value("lema_stage_batch_duration_seconds_sum", {"stage": "check"}) or 0.0
+    resources = Resources(LemaSettings())
+    stage = SlowStage(build_worker("checker", LemaSettings(), resources), pause_s=2.5)  # 2.5x the poll interval
+    worker = KafkaWorker(stage, settings, client_id="test-slow")
     try:
         run_until(worker, len(attempts))
     finally:
         worker.close()
         resources.close()
-    batches = REGISTRY.get_sample_value("lema_stage_batch_duration_seconds_sum", {"stage": "check"}) - spent
-    assert batches > 1.0, f"checking took {batches:.1f}s: too quick to outlast the poll interval"
     assert committed(settings, "checker") == {(Topics.PATHS, 0): len(attempts)}, "the commit was refused"
     results = read_topics(settings, [Topics.COT, Topics.MISTAKES], expected=len(attempts) + 1, timeout_s=5)
     assert sorted(d.key.decode() for d in results if d.key) == sorted(a.key for a in attempts)  # each exactly once
