@@ -37,7 +37,7 @@ from lema.inputs import load_questions
 from lema.llm.base import Completion, GenerationRequest, TokenUsage
 from lema.llm.journal import JournaledBackend
 from lema.pipeline import Resources, batches_in_flight, build_worker
-from lema.records import Record
+from lema.records import Question, Record
 from lema.runtime.infra import LocalBroker, free_port
 from lema.runtime.kafka_worker import KafkaWorker
 from lema.v1 import checker_pb2, checker_pb2_grpc
@@ -103,12 +103,23 @@ STAGES = [  # stage, worker, input topic, topic its benchmark inputs are taken f
 ]
 
 
+def distinct_questions(count: int) -> list[Record]:
+    """`count` distinct questions: the repository's GSM8K training sample (300), repeated with a set number."""
+    sample = load_questions(TRAIN, "gsm8k")
+    copies = range(-(-count // len(sample)))
+    return [
+        Question.create(f"{q.text} (set {copy + 1})" if copy else q.text, q.gold, q.task, q.source)
+        for copy in copies
+        for q in sample
+    ][:count]
+
+
 def stage_inputs(messages: int, recording: Path) -> dict[str, list[Record]]:
     """Every stage's input records, made by running the flow once directly while journaling the recording."""
     settings = settings_for(recording)
     template = JournaledBackend(TemplateBackend(), recording)
     resources = Resources(settings, backend_factory=lambda name, _: template)
-    questions: list[Record] = list(load_questions(TRAIN, "gsm8k", limit=messages // 2))
+    questions = distinct_questions(messages // 2)
     flowed: dict[str, list[Record]] = {Topics.QUESTIONS: questions}
     stage_records: dict[str, list[Record]] = {}
     for stage, worker_name, topic, source in STAGES:
