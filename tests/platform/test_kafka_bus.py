@@ -10,6 +10,7 @@ from concurrent.futures import Future
 from platform_testing import bus_settings, committed
 
 from lema.bus.kafka import Delivery, KafkaInbox, RawMessage, ensure_topics, kafka_bus, kafka_inbox
+from lema.config import BusSettings
 from lema.runtime.infra import LocalBroker
 
 
@@ -22,6 +23,13 @@ def poll_until(inbox: KafkaInbox, count: int, timeout_s: float = 60) -> list[Del
     return got
 
 
+def feed_work(settings: BusSettings) -> None:
+    """Twenty keyed messages on the topic `work`."""
+    producer = kafka_bus(settings, client_id="test-work-feed")
+    producer.publish_raw([RawMessage("work", f"k{i}".encode(), b"v", []) for i in range(20)])
+    producer.close()
+
+
 def test_an_evicted_members_commit_is_refused_and_its_successor_redoes_the_batch(
     broker: LocalBroker, bus_client: str
 ) -> None:
@@ -29,9 +37,7 @@ def test_an_evicted_members_commit_is_refused_and_its_successor_redoes_the_batch
     a successor, which consumes the same messages. The zombie's late commit must not move the group's offsets."""
     settings = bus_settings(broker, client=bus_client)
     ensure_topics(settings, ["work"], partitions=2, replication_factor=1)
-    producer = kafka_bus(settings, client_id="test-zombie-feed")
-    producer.publish_raw([RawMessage("work", f"k{i}".encode(), b"v", []) for i in range(20)])
-    producer.close()
+    feed_work(settings)
     group = settings.group_prefix + "work"
     zombie = kafka_inbox(settings, group, ["work"], client_id="test-zombie")
     successor = None
@@ -58,9 +64,7 @@ def test_partitions_taken_away_while_a_batch_waits_are_consumed_once_they_come_b
     it leaves they come back, and the first member consumes them (they are not left paused)."""
     settings = bus_settings(broker, client=bus_client).model_copy(update={"batch_size": 4})
     ensure_topics(settings, ["work"], partitions=2, replication_factor=1)
-    producer = kafka_bus(settings, client_id="test-paused-feed")
-    producer.publish_raw([RawMessage("work", f"k{i}".encode(), b"v", []) for i in range(20)])
-    producer.close()
+    feed_work(settings)
     group = settings.group_prefix + "work"
     member = kafka_inbox(settings, group, ["work"], client_id="test-member")
     visitor = kafka_inbox(settings, group, ["work"], client_id="test-visitor")

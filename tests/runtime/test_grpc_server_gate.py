@@ -63,6 +63,12 @@ def gate() -> Iterator[Gate]:
     opened.open.set()  # free the blocking threads whatever the test did
 
 
+def waits_ended(code: str) -> float:
+    """How many `Wait` calls the server's metrics counted as ending with `code`."""
+    labels = {"service": "test.Gate", "method": "Wait", "code": code}
+    return REGISTRY.get_sample_value("lema_rpc_requests_total", labels) or 0.0
+
+
 def serve(gate: Gate, **server: object) -> GrpcServer:
     settings = ServerSettings.model_validate({"host": "127.0.0.1", "grpc_port": 0, "drain_delay_s": 0, **server})
     started = GrpcServer(settings, [gate.binding()])
@@ -110,12 +116,7 @@ def test_calls_beyond_max_concurrent_rpcs_are_resource_exhausted(gate: Gate) -> 
 
 def test_work_whose_deadline_passes_while_it_waits_for_a_thread_is_not_started(gate: Gate) -> None:
     server = serve(gate, blocking_threads=1)
-
-    def deadline_exceeded() -> float:
-        labels = {"service": "test.Gate", "method": "Wait", "code": "DEADLINE_EXCEEDED"}
-        return REGISTRY.get_sample_value("lema_rpc_requests_total", labels) or 0.0
-
-    before = deadline_exceeded()
+    before = waits_ended("DEADLINE_EXCEEDED")
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             wait = channel.unary_unary(WAIT)
@@ -129,19 +130,14 @@ def test_work_whose_deadline_passes_while_it_waits_for_a_thread_is_not_started(g
             assert first.result() == b"first"
             assert wait(b"next", timeout=10) == b"next"  # runs after wherever "late" went on the same thread
         assert gate.started == [b"first", b"next"]
-        assert deadline_exceeded() == before + 1
+        assert waits_ended("DEADLINE_EXCEEDED") == before + 1
     finally:
         server.stop()
 
 
 def test_work_of_a_call_its_caller_cancelled_while_it_waited_for_a_thread_is_not_started(gate: Gate) -> None:
     server = serve(gate, blocking_threads=1)
-
-    def cancelled() -> float:
-        labels = {"service": "test.Gate", "method": "Wait", "code": "CANCELLED"}
-        return REGISTRY.get_sample_value("lema_rpc_requests_total", labels) or 0.0
-
-    before = cancelled()
+    before = waits_ended("CANCELLED")
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             wait = channel.unary_unary(WAIT)
@@ -150,7 +146,7 @@ def test_work_of_a_call_its_caller_cancelled_while_it_waited_for_a_thread_is_not
             given_up = wait.future(b"given up", timeout=30)  # queued behind the first on the one thread
             time.sleep(0.5)  # let the server receive it before the client gives up
             given_up.cancel()
-            until(lambda: cancelled() == before + 1, "the cancelled call counted as CANCELLED")
+            until(lambda: waits_ended("CANCELLED") == before + 1, "the cancelled call counted as CANCELLED")
             gate.open.set()
             assert first.result() == b"first"
             assert wait(b"next", timeout=10) == b"next"  # runs after wherever "given up" went on the same thread
