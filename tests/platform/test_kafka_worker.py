@@ -276,11 +276,10 @@ class ConcurrencyRecorder:
         pass
 
 
-def test_the_sampler_keeps_max_concurrency_requests_in_flight_across_batch_boundaries(
-    broker: LocalBroker, bus_client: str
-) -> None:
-    """2 questions x 2 samples = 4 requests per batch: only batches in flight side by side fill 6 slots."""
-    settings = bus_settings(broker, client=bus_client).model_copy(update={"batch_size": 2})
+def test_the_sampler_keeps_max_concurrency_requests_in_flight_across_batch_boundaries(broker: LocalBroker) -> None:
+    """2 questions x 2 samples = 4 requests per batch: only batches in flight side by side fill 6 slots. The window
+    is the worker's, not the client's: the default client carries it."""
+    settings = bus_settings(broker).model_copy(update={"batch_size": 2})
     ensure_topics(settings, Topics.ALL, partitions=1, replication_factor=1)
     questions = [Question.create(f"What is {i} plus {i}?", str(2 * i), "gsm8k", "t:1") for i in range(16)]
     producer = kafka_bus(settings, client_id="test-window-feed")
