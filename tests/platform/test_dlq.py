@@ -42,6 +42,7 @@ def test_list_show_and_redrive_dead_letters(broker: LocalBroker, tmp_path: Path)
             if consumed == 2:
                 break
         assert consumed == 2
+        worker.finish()
     finally:
         worker.close()
         resources.close()

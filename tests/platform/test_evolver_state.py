@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 
 import pytest
 from platform_testing import bus_settings, committed, read_topics
@@ -148,7 +149,9 @@ def test_a_restarted_evolver_remembers_every_question_and_evolves_nothing_again(
     while handled < len(seeds) + len(corrections):
         assert time.monotonic() < deadline
         deliveries = first.inbox.poll(0.5)
-        first._handle(deliveries)
+        settled: Future[None] = Future()
+        first._handle(deliveries, settled)
+        settled.result()  # processed, published and acknowledged
         handled += len(deliveries)
     first.close()  # leaves the group without committing anything
     resources.close()

@@ -49,10 +49,12 @@ def bus(broker: LocalBroker, bus_client: str) -> Iterator[tuple[BusSettings, Kaf
 
 
 def run_until(worker: KafkaWorker, consumed: int, timeout_s: float = 60) -> None:
+    """Step until `consumed` messages came in, then finish (acknowledge and commit) the batches in hand."""
     total, deadline = 0, time.monotonic() + timeout_s
     while total < consumed:
         assert time.monotonic() < deadline, f"consumed {total} of {consumed} messages"
         total += worker.step(0.5)
+    worker.finish()
 
 
 def test_checker_worker_routes_results_commits_and_dead_letters_malformed_messages(

@@ -63,13 +63,28 @@ class RawMessage:
     headers: Headers
 
 
+class Acks(Protocol):
+    """The broker's acknowledgements for the messages of one `KafkaBus.send`."""
+
+    def wait(self) -> None:
+        """Return once the broker has acknowledged every one of them (not other sends' messages); raise `BusError`
+        (from the client's error) when one was not acknowledged."""
+        ...
+
+
 class KafkaBus(Protocol):
-    """Produces records (and dead letters); `publish` returns only when the broker has acknowledged every message."""
+    """Produces records (and dead letters). `send` returns as soon as the messages are queued, so a worker can
+    process its next batch while the broker acknowledges this one; `publish` and `publish_raw` wait for the
+    acknowledgements."""
 
     def publish(self, messages: Sequence[Message]) -> None: ...
 
+    def send(self, messages: Sequence[RawMessage]) -> Acks:
+        """Queue the messages; raises `BusError` when the client refuses one at once."""
+        ...
+
     def publish_raw(self, messages: Sequence[RawMessage]) -> None:
-        """Raises `BusError` (from the client's error) when a message was not acknowledged."""
+        """`send` and wait for the acknowledgements."""
         ...
 
     def close(self, timeout_s: float | None = None) -> None:

@@ -8,6 +8,7 @@ from concurrent.futures import Future
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
+from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
 from lema.bus.base import Message
@@ -25,6 +26,21 @@ from lema.config import BusSettings
 from lema.runtime.wire import encode
 
 log = logging.getLogger(__name__)
+
+
+class _Acks:
+    """The futures of one `send`."""
+
+    def __init__(self, producer: KafkaProducer, futures: list[FutureRecordMetadata]) -> None:
+        self._producer, self._futures = producer, futures
+
+    def wait(self) -> None:
+        self._producer.flush()  # sends what lingers now; it also waits for other sends' messages
+        try:
+            for future in self._futures:
+                future.get()  # raises the delivery error, if any
+        except KafkaError as exc:
+            raise BusError(f"kafka: a message was not acknowledged: {exc}") from exc
 
 
 class KafkaPythonBus:
@@ -49,15 +65,17 @@ class KafkaPythonBus:
         self.publish_raw([RawMessage(m.topic, m.key.encode(), encode(m.record), []) for m in messages])
 
     def publish_raw(self, messages: Sequence[RawMessage]) -> None:
-        futures = [
-            self._producer.send(self.prefix + m.topic, value=m.value, key=m.key, headers=m.headers) for m in messages
-        ]
-        self._producer.flush()
+        self.send(messages).wait()
+
+    def send(self, messages: Sequence[RawMessage]) -> _Acks:
         try:
-            for future in futures:
-                future.get()  # raises the delivery error, if any
+            futures = [
+                self._producer.send(self.prefix + m.topic, value=m.value, key=m.key, headers=m.headers)
+                for m in messages
+            ]
         except KafkaError as exc:
-            raise BusError(f"kafka: a message was not acknowledged: {exc}") from exc
+            raise BusError(f"kafka: a message was not accepted: {exc}") from exc
+        return _Acks(self._producer, futures)
 
     def close(self, timeout_s: float | None = None) -> None:
         self._producer.close(timeout=timeout_s)

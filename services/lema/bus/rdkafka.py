@@ -53,12 +53,37 @@ _REFUSED_COMMITS = {
 """The coordinator (or librdkafka) refused a commit because this member no longer holds its generation."""
 DELIVERY_TIMEOUT_MS = 120_000
 """As kafka-python's `delivery_timeout_ms`: a message not acknowledged by then fails its `publish` (transient)."""
+ACK_POLL_S = 0.05
+"""How long one wait for delivery reports blocks before looking at its own count again."""
 
 
 def rdkafka_options(settings: BusSettings) -> dict[str, Any]:
     """`client_options` (security from the settings and the environment) in librdkafka's names; librdkafka's own
     log lines go to this module's logger."""
     return {_RDKAFKA_NAMES[name]: value for name, value in client_options(settings).items()} | {"logger": log}
+
+
+class _Acks:
+    """The delivery reports of one `send`. librdkafka hands them to callbacks on whichever thread polls the
+    producer, so several sends in flight are each told about their own messages."""
+
+    def __init__(self, producer: Producer, expected: int) -> None:
+        self._producer = producer
+        self._expected = expected
+        self.reports: list[KafkaError | None] = []  # appended from any polling thread (list.append is atomic)
+
+    def delivered(self, error: KafkaError | None, _message: object) -> None:
+        self.reports.append(error)
+
+    def wait(self) -> None:
+        while len(self.reports) < self._expected:  # every message gets a report by `message.timeout.ms`
+            self._producer.poll(ACK_POLL_S)
+        failed = [error for error in self.reports if error is not None]
+        if failed:
+            error = failed[0]
+            raise BusError(f"kafka: {len(failed)} message(s) not acknowledged: {error.str()}") from KafkaException(
+                error
+            )
 
 
 class RdKafkaBus:
@@ -72,11 +97,11 @@ class RdKafkaBus:
                 "client.id": client_id,
                 "enable.idempotence": True,
                 "acks": "all",
-                "linger.ms": 5,
+                # A batch's results are queued in one burst, well under a millisecond: a short linger gathers them
+                # without adding much to the wait for their acknowledgements.
+                "linger.ms": 1,
                 "message.max.bytes": settings.max_message_bytes,
                 "message.timeout.ms": DELIVERY_TIMEOUT_MS,
-                # Successes need no Python callback: `flush` returning means they were acknowledged.
-                "delivery.report.only.error": True,
             }
         )
 
@@ -84,31 +109,23 @@ class RdKafkaBus:
         self.publish_raw([RawMessage(m.topic, m.key.encode(), encode(m.record), []) for m in messages])
 
     def publish_raw(self, messages: Sequence[RawMessage]) -> None:
-        failed: list[KafkaError] = []
+        self.send(messages).wait()
 
-        def on_error(error: KafkaError | None, _message: object) -> None:
-            if error is not None:
-                failed.append(error)
-
-        produce, prefix = self._producer.produce, self.prefix
+    def send(self, messages: Sequence[RawMessage]) -> _Acks:
+        acks = _Acks(self._producer, len(messages))
+        produce, prefix, delivered = self._producer.produce, self.prefix, acks.delivered
         try:
             for m in messages:
+                headers: Any = m.headers or None  # (str, bytes) pairs; the stubs want a wider element type
                 while True:
                     try:
-                        headers: Any = m.headers or None  # (str, bytes) pairs; the stubs want a wider element type
-                        produce(prefix + m.topic, m.value, m.key, headers=headers, on_delivery=on_error)
+                        produce(prefix + m.topic, m.value, m.key, headers=headers, on_delivery=delivered)
                         break
                     except BufferError:  # the local queue is full: let deliveries drain it
-                        self._producer.poll(0.1)
-            # Concurrent publishers share the producer: each flush waits for every message queued so far.
-            self._producer.flush()
+                        self._producer.poll(ACK_POLL_S)
         except KafkaException as exc:
             raise BusError(f"kafka: a message was not accepted: {exc}") from exc
-        if failed:
-            error = failed[0]
-            raise BusError(f"kafka: {len(failed)} message(s) not acknowledged: {error.str()}") from KafkaException(
-                error
-            )
+        return acks
 
     def close(self, timeout_s: float | None = None) -> None:
         if timeout_s == 0:

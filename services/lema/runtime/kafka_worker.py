@@ -1,11 +1,12 @@
 """A stage worker in a Kafka consumer group: consume batches, process them, produce the results, then commit.
 
-Up to `batches_in_flight` batches are in process at once (the LLM stages: enough to keep a batching server's
-`max_concurrency` requests in flight across batch boundaries); the consumer polls the next batch while earlier ones
-are processed, and batches are committed in the order they were polled. Offsets are committed only after the broker
-has acknowledged every result of the batch, so a crash at any point redelivers the batches not committed
-(at-least-once); results are keyed by deterministic record ids, so a redelivered batch produces the same messages
-and the sink keeps each record once.
+Up to `batches_in_flight` batches are processed at once (the LLM stages: enough to keep a batching server's
+`max_concurrency` requests in flight across batch boundaries), and one batch more waits for the broker to
+acknowledge its results while the next one is processed: the round trip costs a cheap stage (check, verify) about
+as much as the stage itself. The consumer polls the next batch while earlier ones are in hand, and batches are
+committed in the order they were polled. Offsets are committed only after the broker has acknowledged every result
+of the batch, so a crash at any point redelivers the batches not committed (at-least-once); results are keyed by
+deterministic record ids, so a redelivered batch produces the same messages and the sink keeps each record once.
 
 Failures follow `lema.runtime.failures`: while a dependency (broker, store, LLM) is unavailable the batch is held
 with the partitions paused and retried with backoff until it is back — a producer or consumer the broker invalidated
@@ -25,7 +26,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from lema.bus.base import Message, Topics
-from lema.bus.kafka import Delivery, KafkaBus, KafkaInbox, PositionsOnAssign, RawMessage, kafka_bus, kafka_inbox
+from lema.bus.kafka import (
+    Acks,
+    Delivery,
+    KafkaBus,
+    KafkaInbox,
+    PositionsOnAssign,
+    RawMessage,
+    kafka_bus,
+    kafka_inbox,
+)
 from lema.config import BusSettings
 from lema.pipeline import STAGE_OF, Worker
 from lema.records import Record
@@ -48,11 +58,20 @@ class _Item:
 
 @dataclass(frozen=True)
 class _InFlight:
-    """A polled batch being processed: committed once `done` has succeeded, unless its consumer was replaced."""
+    """A polled batch in hand: committed once `done` has succeeded (its results acknowledged), unless its consumer
+    was replaced."""
 
     deliveries: Sequence[Delivery]
     generation: int
     done: Future[None]
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """Results queued on a producer, not yet acknowledged."""
+
+    bus: KafkaBus
+    acks: Acks
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,17 @@ class _Outcome:
     messages: list[Message] = field(default_factory=list)
     encoded: list[RawMessage] = field(default_factory=list)
     dead: list[_DeadLetter] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Processed:
+    """A batch's results, to be counted once the broker has acknowledged them."""
+
+    outgoing: list[RawMessage]
+    produced: list[Message]
+    produced_by: Counter[tuple[str, str]]
+    """(stage, output topic) -> messages."""
+    dead: list[_DeadLetter]
 
 
 class OversizedResult(ValueError):
@@ -94,7 +124,10 @@ class KafkaWorker:
         committed; `on_assign` positions newly assigned partitions (both for the dataset writer, whose table
         commits rows together with the offsets they came from, one batch at a time); `dependencies` is told when
         the broker, store or an LLM goes down or comes back (health follows it); `batches_in_flight` is
-        `lema.pipeline.batches_in_flight` for the worker and `bus.batch_size`."""
+        `lema.pipeline.batches_in_flight` for the worker and `bus.batch_size`: how many batches are processed at
+        once. Without `on_batch` one more batch is in hand, waiting for its acknowledgements; with it, a batch is
+        processed only once the hook has run for the one before (the dataset writer's rows are committed with the
+        offsets of the batch they came from)."""
         self.worker = worker
         self.settings = settings
         self.group = settings.group_prefix + worker.name
@@ -108,9 +141,11 @@ class KafkaWorker:
         self._bus_lock = threading.Lock()
         self.inbox = self._new_inbox()
         self._inbox_stale, self._inbox_generation = False, 0
-        self.depth = batches_in_flight
+        self.depth = batches_in_flight if on_batch is not None else batches_in_flight + 1
         self._window: deque[_InFlight] = deque()
-        self._processing = ThreadPoolExecutor(max_workers=self.depth, thread_name_prefix=f"{worker.name}-batch")
+        self._processing = ThreadPoolExecutor(max_workers=batches_in_flight, thread_name_prefix=f"{worker.name}-batch")
+        # One thread: acknowledgements are awaited, and `on_batch` runs, in the order batches finished processing.
+        self._settling = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{worker.name}-acks")
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event, poll_timeout_s: float = 0.5) -> None:
@@ -121,9 +156,7 @@ class KafkaWorker:
         try:
             while not stop.is_set():
                 self.step(poll_timeout_s)
-            while self._window:
-                self._wait_for_head()
-                self._commit_finished()
+            self.finish()
         except Interrupted as exc:
             log.info("%s: %s; the batches in hand stay uncommitted", self.worker.name, exc)
         finally:
@@ -142,7 +175,8 @@ class KafkaWorker:
             self._report_lag()
             for start in range(0, len(deliveries), self.settings.batch_size):
                 batch = deliveries[start : start + self.settings.batch_size]
-                done = self._processing.submit(self._handle, batch)
+                done: Future[None] = Future()
+                self._processing.submit(self._handle, batch, done)
                 self._window.append(_InFlight(batch, self._inbox_generation, done))
             consumed = len(deliveries)
         if self._window and (not consumed or len(self._window) >= self.depth):
@@ -150,8 +184,15 @@ class KafkaWorker:
         self._commit_finished()
         return consumed
 
+    def finish(self) -> None:
+        """Wait for the batches in hand and commit them."""
+        while self._window:
+            self._wait_for_head()
+            self._commit_finished()
+
     def close(self) -> None:
         self._processing.shutdown(wait=True)
+        self._settling.shutdown(wait=True)
         if not self._inbox_stale:
             self.inbox.close()
         if self._bus is not None:
@@ -181,13 +222,18 @@ class KafkaWorker:
         """Commit the finished batches at the head of the window, in one request per consumer that polled them; a
         batch whose processing failed raises its error, after those before it are committed."""
         finished: list[_InFlight] = []
-        while self._window and self._window[0].done.done() and self._window[0].done.exception() is None:
-            finished.append(self._window.popleft())
+        failed: _InFlight | None = None
+        while self._window and self._window[0].done.done():
+            batch = self._window.popleft()
+            if batch.done.exception() is not None:
+                failed = batch
+                break
+            finished.append(batch)
         for generation in dict.fromkeys(batch.generation for batch in finished):
             deliveries = [d for batch in finished if batch.generation == generation for d in batch.deliveries]
             self._commit_retrying(deliveries, generation)
-        if self._window and self._window[0].done.done():
-            self._window.popleft().done.result()
+        if failed is not None:
+            failed.done.result()
 
     def _commit_retrying(self, deliveries: Sequence[Delivery], generation: int) -> None:
         retry_transient(lambda: self._commit(deliveries, generation), self.dependencies, self.stop)
@@ -224,24 +270,48 @@ class KafkaWorker:
         inputs = list(self.worker.inputs)
         return kafka_inbox(self.settings, self.group, inputs, client_id=self.client_id, on_assign=self.on_assign)
 
-    def _publish(self, messages: Sequence[RawMessage]) -> None:
-        """Publish and wait for every acknowledgement; after a failure the producer is rebuilt on the next try (of
-        whichever batch in flight comes first: they share it)."""
+    def _send(self, messages: Sequence[RawMessage]) -> _Sent:
+        """Queue `messages`; after a failure the producer is rebuilt on the next try (of whichever batch in hand
+        comes first: they share it)."""
         with self._bus_lock:
             if self._bus is None:
                 self._bus = kafka_bus(self.settings, client_id=self.client_id)
             bus = self._bus
         try:
-            bus.publish_raw(messages)
+            return _Sent(bus, bus.send(messages))
         except Exception:
-            with self._bus_lock:
-                if self._bus is bus:
-                    self._bus = None
-            bus.close(timeout_s=0)
+            self._drop_bus(bus)
             raise
 
-    # -- one batch (runs on the processing thread) -------------------------------------------------------------
-    def _handle(self, deliveries: Sequence[Delivery]) -> None:
+    def _acknowledged(self, sent: _Sent) -> None:
+        try:
+            sent.acks.wait()
+        except Exception:
+            self._drop_bus(sent.bus)
+            raise
+
+    def _drop_bus(self, bus: KafkaBus) -> None:
+        with self._bus_lock:
+            if self._bus is bus:
+                self._bus = None
+        bus.close(timeout_s=0)
+
+    # -- one batch: processed on a processing thread, then settled on the settling thread -----------------------
+    def _handle(self, deliveries: Sequence[Delivery], done: Future[None]) -> None:
+        """Process the batch and queue its results, then hand it to the settling thread; `done` gets any error."""
+        try:
+            processed = self._process_batch(deliveries)
+            try:
+                sent: _Sent | None = self._send(processed.outgoing)
+            except Exception as exc:  # settling sends again, and decides whether the error is transient
+                log.debug("%s: queueing results failed: %s", self.worker.name, exc)
+                sent = None
+        except BaseException as exc:
+            done.set_exception(exc)
+            return
+        self._settling.submit(self._settle, deliveries, processed, sent, done)
+
+    def _process_batch(self, deliveries: Sequence[Delivery]) -> _Processed:
         by_topic: dict[str, list[_Item]] = {}
         dead: list[_DeadLetter] = []
         for delivery in deliveries:
@@ -258,7 +328,7 @@ class KafkaWorker:
                 log.warning("%s: dead-lettering %s", self.worker.name, self._where(delivery, str(exc)))
                 dead.append(self._dead_letter(delivery, f"malformed message: {exc}", attempts=1))
         produced: list[Message] = []
-        produced_by: Counter[tuple[str, str]] = Counter()  # (stage, output topic) -> messages
+        produced_by: Counter[tuple[str, str]] = Counter()
         encoded: list[RawMessage] = []
         for topic, items in by_topic.items():
             stage = STAGE_OF.get((self.worker.name, topic), self.worker.name)
@@ -270,17 +340,33 @@ class KafkaWorker:
             produced_by.update((stage, message.topic) for message in outcome.messages)
             encoded += outcome.encoded
             dead += outcome.dead
-        outgoing = encoded + [letter.message for letter in dead]
-        retry_transient(lambda: self._publish(outgoing), self.dependencies, self.stop)
-        # Counted once the broker has acknowledged them, once per label in the batch.
-        for (stage, topic), count in produced_by.items():
-            metrics.STAGE_RECORDS_OUT.labels(stage, topic).inc(count)
-        metrics.observe_outputs(produced)
-        for source, count in Counter(letter.source_topic for letter in dead).items():
-            metrics.DEAD_LETTERS.labels(self.group, source).inc(count)
-        if self.on_batch is not None:
-            on_batch = self.on_batch
-            retry_transient(lambda: on_batch(deliveries), self.dependencies, self.stop)
+        return _Processed(encoded + [letter.message for letter in dead], produced, produced_by, dead)
+
+    def _settle(
+        self, deliveries: Sequence[Delivery], processed: _Processed, sent: _Sent | None, done: Future[None]
+    ) -> None:
+        """Wait until the broker has acknowledged the batch's results (sending them again, on a rebuilt producer,
+        while it fails transiently), count them, run `on_batch`; then the batch may be committed."""
+        try:
+            queued = [sent] if sent is not None else []
+
+            def publish() -> None:
+                self._acknowledged(queued.pop() if queued else self._send(processed.outgoing))
+
+            retry_transient(publish, self.dependencies, self.stop)
+            # Counted once the broker has acknowledged them, once per label in the batch.
+            for (stage, topic), count in processed.produced_by.items():
+                metrics.STAGE_RECORDS_OUT.labels(stage, topic).inc(count)
+            metrics.observe_outputs(processed.produced)
+            for source, count in Counter(letter.source_topic for letter in processed.dead).items():
+                metrics.DEAD_LETTERS.labels(self.group, source).inc(count)
+            if self.on_batch is not None:
+                on_batch = self.on_batch
+                retry_transient(lambda: on_batch(deliveries), self.dependencies, self.stop)
+        except BaseException as exc:
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
 
     def _decode(self, delivery: Delivery) -> Record:
         record = decode(delivery.value)
