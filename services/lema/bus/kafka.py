@@ -13,8 +13,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from kafka import KafkaAdminClient
 from kafka.errors import TopicAlreadyExistsError
@@ -40,9 +39,9 @@ class BusError(RuntimeError):
     """The broker did not accept a message (after the producer's own retries) or could not be reached."""
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """One consumed message, with where it came from (for offsets and dead letters)."""
+class Delivery(NamedTuple):
+    """One consumed message, with where it came from (for offsets and dead letters). A named tuple: one is built
+    for every message consumed, at a third of a frozen dataclass's cost."""
 
     topic: str
     """The topic name without the prefix, e.g. 'paths'."""
@@ -53,8 +52,7 @@ class Delivery:
     headers: Headers
 
 
-@dataclass(frozen=True)
-class RawMessage:
+class RawMessage(NamedTuple):
     """A message produced as bytes: dead letters keep the original key and value untouched."""
 
     topic: str

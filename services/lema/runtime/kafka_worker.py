@@ -24,6 +24,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from lema.bus.base import Message, Topics
 from lema.bus.kafka import (
@@ -50,8 +51,7 @@ RECORD_OVERHEAD_BYTES = 512
 """Room left for the record batch's own framing when deciding whether a message fits `bus.max_message_bytes`."""
 
 
-@dataclass(frozen=True)
-class _Item:
+class _Item(NamedTuple):
     delivery: Delivery
     record: Record
 
@@ -104,7 +104,8 @@ class OversizedResult(ValueError):
 
 def message_size(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> int:
     """Bytes of key, value and headers."""
-    return len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
+    size = len(key or b"") + len(value or b"")
+    return size + sum(len(k) + len(v) for k, v in headers) if headers else size
 
 
 class KafkaWorker:

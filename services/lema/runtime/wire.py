@@ -7,10 +7,12 @@ A malformed message therefore fails with an error naming the field, whichever ru
 
 from __future__ import annotations
 
+import enum
 import functools
 from collections.abc import Mapping
-from typing import Any, TypeVar, get_args
+from typing import Any, NamedTuple, TypeVar, get_args
 
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 from pydantic import BaseModel, ValidationError
@@ -57,17 +59,53 @@ def message_fields(message: ProtoMessage, model_cls: type[BaseModel]) -> dict[st
     An absent field is left out, so the model applies its default or reports it missing; only a field the model
     requires but allows to be None (`answer: str | None`) becomes None, because that is what its absence encodes.
     """
+    layout = _layout(message.DESCRIPTOR, model_cls)
     out: dict[str, Any] = {}
-    for field, value in message.ListFields():  # the fields present, listed in C
-        if field.is_repeated:
-            out[field.name] = list(value)
-        elif field.message_type is not None:
-            out[field.name] = message_fields(value, _nested_model(model_cls, field.name))
-        else:
-            out[field.name] = value
-    for name in _absent_means_none(model_cls):
+    has = message.HasField
+    for name, kind, nested in layout.fields:
+        if kind is _Kind.REPEATED:
+            values = getattr(message, name)
+            if values:
+                out[name] = list(values)
+        elif kind is _Kind.IMPLICIT:  # no presence: present when not the default, as protobuf serialises it
+            value = getattr(message, name)
+            if value:
+                out[name] = value
+        elif has(name):
+            value = getattr(message, name)
+            out[name] = value if nested is None else message_fields(value, nested)
+    for name in layout.absent_means_none:
         out.setdefault(name, None)
     return out
+
+
+class _Kind(enum.Enum):
+    PRESENCE = enum.auto()
+    """A message field or an `optional` scalar: `HasField` says whether it was sent."""
+    IMPLICIT = enum.auto()
+    REPEATED = enum.auto()
+
+
+class _Layout(NamedTuple):
+    """How to read one message type into one model: its fields (name, kind, the model of a nested message) and
+    the fields whose absence means None."""
+
+    fields: tuple[tuple[str, _Kind, type[BaseModel] | None], ...]
+    absent_means_none: tuple[str, ...]
+
+
+@functools.cache
+def _layout(descriptor: Descriptor, model_cls: type[BaseModel]) -> _Layout:
+    """Worked out once per type: a decode then asks for each field by name (cheaper than listing the fields set)."""
+    fields: list[tuple[str, _Kind, type[BaseModel] | None]] = []
+    for field in descriptor.fields:
+        if field.is_repeated:
+            fields.append((field.name, _Kind.REPEATED, None))
+        elif field.message_type is not None:
+            fields.append((field.name, _Kind.PRESENCE, _nested_model(model_cls, field.name)))
+        else:
+            fields.append((field.name, _Kind.PRESENCE if field.has_presence else _Kind.IMPLICIT, None))
+    return _Layout(tuple(fields), _absent_means_none(model_cls))
 
 
 @functools.cache
