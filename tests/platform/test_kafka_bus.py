@@ -7,9 +7,10 @@ import threading
 import time
 from concurrent.futures import Future
 
+import pytest
 from platform_testing import bus_settings, committed
 
-from lema.bus.kafka import Delivery, KafkaInbox, RawMessage, ensure_topics, kafka_bus, kafka_inbox
+from lema.bus.kafka import BusError, Delivery, KafkaInbox, RawMessage, ensure_topics, kafka_bus, kafka_inbox
 from lema.config import BusSettings
 from lema.runtime.infra import LocalBroker
 
@@ -89,3 +90,30 @@ def test_partitions_taken_away_while_a_batch_waits_are_consumed_once_they_come_b
             seen |= {d.key for d in member.poll(0.5)}
     finally:
         member.close()
+
+
+def test_each_send_waits_for_its_own_acknowledgements_and_a_refused_message_fails_its_send(
+    broker: LocalBroker, bus_client: str
+) -> None:
+    """Two sends in flight at once are each acknowledged (the worker processes a batch while the last one's
+    results are acknowledged); a message the client refuses fails its send with a `BusError` and leaves the
+    producer usable."""
+    settings = bus_settings(broker, client=bus_client).model_copy(update={"max_message_bytes": 100_000})
+    ensure_topics(settings, ["acks"], partitions=2, replication_factor=1)
+    producer = kafka_bus(settings, client_id="test-acks")
+    try:
+        first = producer.send([RawMessage("acks", f"a{i}".encode(), b"v", []) for i in range(50)])
+        second = producer.send([RawMessage("acks", f"b{i}".encode(), b"v", []) for i in range(50)])
+        second.wait()
+        first.wait()
+        with pytest.raises(BusError):
+            producer.send([RawMessage("acks", b"huge", b"\x00" * 200_000, [])]).wait()
+        producer.publish_raw([RawMessage("acks", b"after", b"v", [])])
+    finally:
+        producer.close()
+    inbox = kafka_inbox(settings, settings.group_prefix + "acks", ["acks"], client_id="test-acks-reader")
+    try:
+        keys = {d.key for d in poll_until(inbox, 101)}
+    finally:
+        inbox.close()
+    assert keys == {f"a{i}".encode() for i in range(50)} | {f"b{i}".encode() for i in range(50)} | {b"after"}
