@@ -11,6 +11,7 @@
    with each request's seed.
 
     python benchmarks/bench_platform.py [--messages 4000] [--batch-size 64] [--calls 2000] [--clients librdkafka]
+        [--rounds 3]
 """
 
 from __future__ import annotations
@@ -209,28 +210,43 @@ def client_floor(records: list[Record], bus: BusSettings) -> float:
     return floor
 
 
-def kafka_table(broker: LocalBroker, messages: int, batch: int, clients: Sequence[str] = BUS_CLIENTS) -> None:
+def kafka_table(
+    broker: LocalBroker, messages: int, batch: int, clients: Sequence[str] = BUS_CLIENTS, rounds: int = 1
+) -> None:
     """Each stage over each client in turn, the direct baseline measured right after each run (the load of this
-    machine changes by the minute: a ratio compares two neighbouring measurements)."""
+    machine changes by the minute: a ratio compares two neighbouring measurements); with `rounds` > 1 the median
+    of that many ratios, with their range."""
     with tempfile.TemporaryDirectory() as tmp:
         recording = Path(tmp) / "recording.jsonl"
         inputs = stage_inputs(messages, recording)
         settings = settings_for(recording)
-        print(f"\nKafka stage throughput ({batch} messages per batch, replayed LLM, steady state after one batch)")
+        print(
+            f"\nKafka stage throughput ({batch} messages per batch, replayed LLM, steady state after one batch,"
+            f" median of {rounds} round(s))"
+        )
         print(
             f"{'stage':<8} {'client':<12} {'messages':>8} {'direct msg/s':>13} {'kafka msg/s':>12} {'ratio':>6}"
-            f" {'direct CPU us/msg':>18} {'kafka CPU us/msg':>17}"
+            f" {'range':>10} {'direct CPU us/msg':>18} {'kafka CPU us/msg':>17}"
         )
         for index, (stage, worker_name, topic, _) in enumerate(STAGES):
             records = inputs[stage]
             for client in clients:
-                bus = bench_bus(broker, f"bench{index}{client[:5]}", batch, client)
-                via_kafka = through_kafka(worker_name, topic, records, settings, bus)
-                baseline = direct(worker_name, topic, records, settings, batch)
-                ratio = via_kafka.per_s / baseline.per_s
+                runs: list[tuple[Rate, Rate]] = []
+                for round_ in range(rounds):
+                    bus = bench_bus(broker, f"bench{index}{client[:5]}r{round_}", batch, client)
+                    runs.append(
+                        (
+                            through_kafka(worker_name, topic, records, settings, bus),
+                            direct(worker_name, topic, records, settings, batch),
+                        )
+                    )
+                runs.sort(key=lambda run: run[0].per_s / run[1].per_s)
+                ratios = [kafka.per_s / baseline.per_s for kafka, baseline in runs]
+                via_kafka, baseline = runs[len(runs) // 2]  # the median round's numbers
                 print(
                     f"{stage:<8} {client:<12} {len(records):>8} {baseline.per_s:>13.0f} {via_kafka.per_s:>12.0f}"
-                    f" {ratio:>6.2f} {baseline.cpu_us:>18.1f} {via_kafka.cpu_us:>17.1f}"
+                    f" {statistics.median(ratios):>6.2f} {f'{ratios[0]:.2f}-{ratios[-1]:.2f}':>10}"
+                    f" {baseline.cpu_us:>18.1f} {via_kafka.cpu_us:>17.1f}"
                 )
         for client in clients:
             floor = client_floor(inputs["check"], bench_bus(broker, f"floor{client[:5]}", batch, client))
@@ -306,10 +322,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="messages per Kafka batch and per direct call")
     parser.add_argument("--calls", type=int, default=2000, help="gRPC calls per concurrency level")
     parser.add_argument("--clients", default=",".join(BUS_CLIENTS), help="Kafka clients (bus.client) to measure")
+    parser.add_argument("--rounds", type=int, default=1, help="Kafka runs per stage and client (median ratio)")
     args = parser.parse_args()
     grpc_table(args.calls)
     with LocalBroker() as broker:
-        kafka_table(broker, args.messages, args.batch_size, args.clients.split(","))
+        kafka_table(broker, args.messages, args.batch_size, args.clients.split(","), args.rounds)
 
 
 if __name__ == "__main__":

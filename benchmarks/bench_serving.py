@@ -274,13 +274,13 @@ def correct_concurrency(max_tokens: int, calls_alone: int, rounds: int, logs: Pa
 
 
 # -- Kafka stages -----------------------------------------------------------------------------------------------
-def kafka_stages(messages: int, batch: int) -> None:
+def kafka_stages(messages: int, batch: int, rounds: int) -> None:
     from bench_platform import kafka_table
     from lema.runtime.infra import LocalBroker
 
     print("\n3.", end="")
     with LocalBroker() as broker:
-        kafka_table(broker, messages, batch)
+        kafka_table(broker, messages, batch, rounds=rounds)
     print("targets: check, verify >= 0.5; sample, correct, evolve >= 0.9")
 
 
@@ -392,7 +392,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="messages per Kafka batch")
     parser.add_argument("--max-tokens", type=int, default=24, help="SmolLM2 tokens per Correct / sample call")
     parser.add_argument("--correct-calls", type=int, default=4, help="Correct calls at c=1 per round (48 at c=16)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (Correct c=1/c=16; raw client/stage)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="interleaved rounds (Correct c=1/c=16; raw client/stage; Kafka runs per stage)",
+    )
     parser.add_argument("--questions", type=int, default=24, help="questions (x2 samples) for the sample stage")
     parser.add_argument("--concurrency", type=int, default=16, help="the LLM server's batch and the clients' window")
     parser.add_argument("--pair-ports", type=int, nargs=2, help=argparse.SUPPRESS)
@@ -408,7 +413,7 @@ def main() -> None:
         if "correct" not in skip:
             correct_concurrency(args.max_tokens, args.correct_calls, args.rounds, logs)
         if "kafka" not in skip:
-            kafka_stages(args.messages, args.batch_size)
+            kafka_stages(args.messages, args.batch_size, args.rounds)
         if "sample" not in skip:
             sample_stage(args.questions, args.concurrency, args.max_tokens, args.rounds, logs)
 
