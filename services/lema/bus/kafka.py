@@ -65,8 +65,9 @@ class Acks(Protocol):
     """The broker's acknowledgements for the messages of one `KafkaBus.send`."""
 
     def wait(self) -> None:
-        """Return once the broker has acknowledged every one of them (not other sends' messages); raise `BusError`
-        (from the client's error) when one was not acknowledged."""
+        """Return once the broker has acknowledged every one of them; raise `BusError` (from the client's error)
+        when one of them was not. librdkafka waits for this send's messages only; kafka-python flushes the producer,
+        so it may wait for messages other sends queued meanwhile as well."""
         ...
 
 
