@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lema.prompts import TEMPLATES_DIR, PromptError, load_prompt
 
@@ -43,3 +44,17 @@ def test_override_directory(tmp_path: Path) -> None:
     prompt = load_prompt("evolve", None, tmp_path)
     assert prompt.version_tag == "evolve@7"
     assert prompt.render(question="q")[-1].content == "Seed: q"
+
+
+def test_a_template_is_parsed_once_until_its_file_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages ask for their template per record: the YAML is parsed once, and again only after the file changed."""
+    template = tmp_path / "evolve.yaml"
+    template.write_text("name: evolve\nversion: 1\nsystem: s\nuser: 'Seed: {{question}}'\n")
+    parses = []
+    real_load = yaml.safe_load
+    monkeypatch.setattr(yaml, "safe_load", lambda text: parses.append(text) or real_load(text))
+    assert {load_prompt("evolve", None, tmp_path) for _ in range(50)} == {load_prompt("evolve", None, tmp_path)}
+    assert len(parses) == 1
+    template.write_text("name: evolve\nversion: 22\nsystem: s\nuser: 'Seed: {{question}}'\n")
+    assert load_prompt("evolve", None, tmp_path).version == 22
+    assert len(parses) == 2

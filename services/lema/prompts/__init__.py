@@ -6,6 +6,7 @@ always says which prompt made each line. Placeholders are `{{name}}`, which neve
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +78,17 @@ def _template_file(kind: str, task: Task | None, directory: Path) -> Path:
 
 
 def load_prompt(kind: str, task: Task | None = None, directory: Path | None = None) -> PromptTemplate:
-    """The template for `kind` ('sample', 'correct', 'evolve'), task-specific when one exists."""
+    """The template for `kind` ('sample', 'correct', 'evolve'), task-specific when one exists.
+
+    Parsed once per version of the file: stages ask for it for every record, and parsing the YAML cost a replayed
+    sample stage seven times what everything else in it did."""
     path = _template_file(kind, task, directory or TEMPLATES_DIR)
+    stat = path.stat()
+    return _parse_template(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_template(path: Path, _mtime_ns: int, _size: int) -> PromptTemplate:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         return PromptTemplate(

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from lema.llm.base import ChatMessage
-from lema.prompts import PromptTemplate, load_prompt
+from lema.prompts import load_prompt
 from lema.records import CorrectionExample, CotExample, Task
 from lema.store import ArtifactStore
 from lema.training.config import DataSettings
@@ -98,24 +98,20 @@ def _resample(pairs: list[TextPair], count: int, seed: int) -> list[TextPair]:
     return [order[i % len(order)] for i in range(count)]
 
 
-def training_messages(pair: TextPair, templates: dict[Task, PromptTemplate] | None = None) -> tuple[ChatMessage, ...]:
+def training_messages(pair: TextPair) -> tuple[ChatMessage, ...]:
     """The prompt of one example as chat messages: the same function frames sampling, evaluation and training."""
-    cache = templates if templates is not None else {}
-    template = cache.setdefault(pair.task, load_prompt("sample", pair.task))
-    return template.conversation(pair.input, with_examples=pair.kind == "cot")
+    return load_prompt("sample", pair.task).conversation(pair.input, with_examples=pair.kind == "cot")
 
 
 def _chat(messages: tuple[ChatMessage, ...]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
-def render_example(
-    tokenizer: Any, pair: TextPair, templates: dict[Task, PromptTemplate] | None = None
-) -> tuple[str, str]:
+def render_example(tokenizer: Any, pair: TextPair) -> tuple[str, str]:
     """The prompt text and the target text, such that prompt + target is the whole training sequence."""
     if not tokenizer.chat_template:
         raise DataError("the tokenizer has no chat template: lema prompts (and evaluates) models through one")
-    messages = _chat(training_messages(pair, templates))
+    messages = _chat(training_messages(pair))
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     answer = {"role": "assistant", "content": pair.output}
     full = tokenizer.apply_chat_template([*messages, answer], tokenize=False)
@@ -128,9 +124,8 @@ def tokenize_examples(tokenizer: Any, examples: list[TextPair], max_length: int)
     """`input_ids` and `labels` per example, labels masked on the prompt; targets longer than fit are cut."""
     features = []
     dropped = 0
-    templates: dict[Task, PromptTemplate] = {}
     for pair in examples:
-        prompt, target = render_example(tokenizer, pair, templates)
+        prompt, target = render_example(tokenizer, pair)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
         if len(prompt_ids) >= max_length:

@@ -19,7 +19,7 @@ from typing import Any
 from lema.checker import Checker, CheckItem
 from lema.config import CheckerSettings, LLMSettings
 from lema.llm.base import GenerationRequest, LLMBackend
-from lema.prompts import PromptTemplate, format_choices, load_prompt
+from lema.prompts import format_choices, load_prompt
 from lema.records import GenerationParams, Question
 
 Z_95 = 1.959964
@@ -161,10 +161,9 @@ def evaluate(
     backend: LLMBackend, questions: Sequence[Question], max_tokens: int, checker: Checker | None = None
 ) -> list[ItemResult]:
     """Greedy decoding (temperature 0) of every question with the sampler's prompt, judged by the checker."""
-    prompts: dict[str, PromptTemplate] = {}
     requests = []
     for question in questions:
-        prompt = prompts.setdefault(question.task, load_prompt("sample", question.task))
+        prompt = load_prompt("sample", question.task)
         messages = prompt.render(question=question.text, choices=format_choices(question.choices))
         requests.append(GenerationRequest(messages, GenerationParams(temperature=0.0, max_tokens=max_tokens)))
     responses = [completions[0].text for completions in backend.generate(requests)]
