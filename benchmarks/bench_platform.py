@@ -41,6 +41,7 @@ from lema.pipeline import Resources, batches_in_flight, build_worker
 from lema.records import Question, Record
 from lema.runtime.infra import LocalBroker, free_port
 from lema.runtime.kafka_worker import KafkaWorker
+from lema.runtime.serve import freeze_startup_objects
 from lema.v1 import checker_pb2, checker_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,6 +152,7 @@ def direct(worker_name: str, topic: str, records: list[Record], settings: LemaSe
     """The stage called in batches of `batch`, the first batch a warm-up left out of the clock."""
     resources = warmed(settings)
     worker = build_worker(worker_name, settings, resources)
+    freeze_startup_objects()  # as `lema serve` does, so that both sides are measured alike
     worker.process(topic, records[:batch])
     wall, cpu = time.perf_counter(), time.process_time()
     for i in range(batch, len(records), batch):
@@ -173,6 +175,7 @@ def through_kafka(
     resources = warmed(settings)
     depth = batches_in_flight(worker_name, settings, bus.batch_size)
     worker = build_worker(worker_name, settings, resources)
+    freeze_startup_objects()  # as `lema serve` does once its resources are loaded
     kafka = KafkaWorker(worker, bus, client_id=f"bench-{worker_name}", batches_in_flight=depth)
     first = 0
     while first == 0:

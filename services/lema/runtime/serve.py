@@ -1,14 +1,15 @@
 """`lema serve <service>`: one service process — gRPC server, `/metrics` endpoint and, on a Kafka bus, its worker.
 
 Lifecycle, top to bottom: load what the service computes with (its LLMs, the checker) so that SERVING means ready →
-`/metrics` → gRPC SERVING → consume its topics (bus.kind 'kafka') → on SIGTERM or SIGINT: health NOT_SERVING and
-in-flight calls drained, while the worker finishes and commits its batch → resources closed. While the broker, the
-store or an LLM is unavailable, health is NOT_SERVING and the worker waits for it (`lema.runtime.failures`); the
-process stays up.
+freeze what start-up made out of the garbage collector's reach → `/metrics` → gRPC SERVING → consume its topics
+(bus.kind 'kafka') → on SIGTERM or SIGINT: health NOT_SERVING and in-flight calls drained, while the worker finishes
+and commits its batch → resources closed. While the broker, the store or an LLM is unavailable, health is NOT_SERVING
+and the worker waits for it (`lema.runtime.failures`); the process stays up.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -40,6 +41,16 @@ def llms_of(service: Service, settings: ServiceSettings) -> list[str]:
     return []
 
 
+def freeze_startup_objects() -> None:
+    """Move every object alive now (libraries, models, the checker's tables) out of the garbage collector's reach.
+
+    They live as long as the process, yet each full collection walks all of them: hundreds of thousands of objects,
+    tens of milliseconds, several times a second under a Kafka stage's allocation rate (measured: 20-34 us of a
+    check message's ~130). Frozen, a full collection walks only what was made since start-up."""
+    gc.collect()
+    gc.freeze()
+
+
 class ServiceProcess:
     def __init__(self, service: Service, settings: ServiceSettings) -> None:
         self.service = service
@@ -52,6 +63,7 @@ class ServiceProcess:
     def run(self) -> None:
         """Serve until `stop` is set; returns after a graceful shutdown."""
         self._load_resources()
+        freeze_startup_objects()
         self._serve_metrics()
         server = GrpcServer(self.settings.server, service_bindings(self.service, self.settings, self.resources))
         server.start()
