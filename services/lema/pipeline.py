@@ -276,7 +276,8 @@ def batches_in_flight(worker: str, settings: LemaSettings, batch_size: int) -> i
     `max_concurrency` requests: a server answers a whole batch of requests at once, and the window's next
     `max_concurrency` requests, already waiting for a slot, take the freed slots together (requests from a batch
     started only then arrive late and miss the server's next batch). Results are published per batch, so nothing
-    else changes. The evolver keeps per-process state and the other workers call no LLM: one batch at a time.
+    else changes. The evolver keeps per-process state, the other workers call no LLM, and a replayed LLM answers
+    from memory (batches side by side would only contend for the GIL): one batch at a time.
     """
     if worker == "sampler":
         models, requests = settings.sample.models, batch_size * settings.sample.samples_per_model
@@ -284,7 +285,10 @@ def batches_in_flight(worker: str, settings: LemaSettings, batch_size: int) -> i
         models, requests = (settings.correct.model,), batch_size
     else:
         return 1
-    window = max(settings.llms[model].max_concurrency for model in models)
+    waiting = [settings.llms[model] for model in models if settings.llms[model].backend != "replay"]
+    if not waiting:
+        return 1
+    window = max(llm.max_concurrency for llm in waiting)
     return 1 + math.ceil(2 * window / requests)
 
 
