@@ -167,11 +167,12 @@ def through_kafka(
     worker_name: str, topic: str, records: list[Record], settings: LemaSettings, bus: BusSettings
 ) -> Rate:
     """Steady state: the clock starts once the group has joined and the first batch is done; the worker runs with
-    the window `lema serve` gives it."""
+    the window and resources `lema serve` gives it (the evolver keeps its state on the broker)."""
     ensure_topics(bus, Topics.ALL, partitions=4, replication_factor=1)
     producer = kafka_bus(bus, client_id="bench-feed")
     producer.publish([Message(topic, r.key, r) for r in records])  # type: ignore[attr-defined]
     producer.close()
+    settings = settings.model_copy(update={"bus": bus})
     resources = warmed(settings)
     depth = batches_in_flight(worker_name, settings, bus.batch_size)
     worker = build_worker(worker_name, settings, resources)
