@@ -6,7 +6,8 @@
    Kafka client (`bus.client`) in turn, with the CPU time per message of each side, and the CPU time per message of
    the bus alone (the same messages consumed, produced back and committed with no decoding and no stage): no stage
    runs over Kafka for less than the direct cost plus that floor. The LLM stages use the replay backend, so the ratio
-   measures the broker, serialisation and commits, not an LLM. The recording they replay is made first by journaling
+   measures the broker, serialisation and commits, not an LLM; over Kafka the evolver keeps its state on the broker,
+   as `lema serve` runs it. The recording they replay is made first by journaling
    a template backend that writes well-formed completions (solutions, corrections, new questions) whose numbers vary
    with each request's seed.
 
