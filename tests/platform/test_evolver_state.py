@@ -18,6 +18,7 @@ from platform_testing import bus_settings, committed, read_topics
 from lema.bus.base import Message, Topics
 from lema.bus.kafka import KafkaBus, ensure_topics, kafka_bus
 from lema.config import BusSettings, LemaSettings, LLMSettings
+from lema.evolver_state.base import Evolution
 from lema.evolver_state.kafka import KafkaEvolverState
 from lema.llm.base import Completion, GenerationRequest, TokenUsage
 from lema.pipeline import Resources, build_worker
@@ -169,6 +170,28 @@ def test_a_restarted_evolver_remembers_every_question_and_evolves_nothing_again(
     evolved = evolved_on_topic(settings, len(seeds) + SEEDS)
     assert {q.parent_id for q in evolved} == {s.id for s in seeds}
     assert len({q.id for q in evolved}) == SEEDS
+
+
+def test_a_replica_with_a_stale_view_loses_a_seed_claimed_before_its_claim(bus: tuple[BusSettings, KafkaBus]) -> None:
+    """A claim is written without catching up first; reading back past it must still show the earlier claim."""
+    settings, _ = bus
+    seed = seed_flow()[0][0]
+    first = KafkaEvolverState(settings, 0.85, "test-first")
+    stale = KafkaEvolverState(settings, 0.85, "test-stale")  # restored before anything below was written
+    try:
+        assert first.claim({seed.id: "c-first"})[seed.id].claimant == "c-first"
+        first.record([Evolution(seed_id=seed.id, claimant="c-first", done=True)])
+        owner = stale.claim({seed.id: "c-stale"})[seed.id]
+        assert (owner.claimant, owner.done) == ("c-first", True)
+        assert stale.claim({seed.id: "c-again"})[seed.id] == owner  # known now: no claim written
+    finally:
+        first.close()
+        stale.close()
+    restored = KafkaEvolverState(settings, 0.85, "test-reader")
+    try:  # the stale replica wrote the winner back after its own claim, so compaction keeps the winner
+        assert restored.claim({seed.id: "c-late"})[seed.id] == owner
+    finally:
+        restored.close()
 
 
 def test_two_replicas_never_evolve_the_same_seed(bus: tuple[BusSettings, KafkaBus]) -> None:

@@ -1,13 +1,14 @@
 """The evolver state on the broker: a compacted single-partition topic, the GlobalKTable pattern.
 
 Entries (key -> JSON value): `question/<id>` -> the question, `seed/<id>` -> its `Evolution`. Every replica reads
-the whole topic before it serves and catches up before each batch, so each one holds the same index and sees the
-same claims. One partition gives every entry one order, and that order decides claims: when two replicas claim a
-seed at once, both read back to past their own claim and agree that the first claim wins; the loser appends the
-winner's claim again, so compaction (which keeps a key's *last* value) keeps the winner.
+the whole topic before it serves and catches up whenever it claims seeds (reading back to past its claims), so
+before it evolves anything it holds every question remembered and every claim written before them. One partition
+gives every entry one order, and that order decides claims: when two replicas claim a seed at once, both read back
+to past their own claim and agree that the first claim wins; the loser appends the winner's claim again, so
+compaction (which keeps a key's *last* value) keeps the winner.
 
-Cost: restoring reads every entry once (O(history), at start only); a batch costs one end-offset request plus the
-entries added since the last batch.
+Cost: restoring reads every entry once (O(history), at start only); a batch with seeds not claimed yet costs one
+write of its claims and a read back to past them (the entries added since the last batch).
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ class KafkaEvolverState:
             self.index.add(question)
 
     def claim(self, claimants: Mapping[str, str]) -> dict[str, Evolution]:
-        self._catch_up()
+        """Claims are written without catching up first: reading back past them applies every earlier entry, so a
+        seed another replica claimed meanwhile is seen to be theirs either way, and one round trip a batch is saved.
+        A seed this replica already knows to be claimed needs no claim (its owner never changes)."""
         unclaimed = {seed: by for seed, by in claimants.items() if seed not in self._evolutions}
         if unclaimed:
             claims = [Evolution(seed_id=seed, claimant=by) for seed, by in unclaimed.items()]
