@@ -7,7 +7,9 @@ always says which prompt made each line. Placeholders are `{{name}}`, which neve
 from __future__ import annotations
 
 import functools
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,12 +70,17 @@ def fill(text: str, fields: dict[str, str], *, where: str) -> str:
     return _PLACEHOLDER.sub(lambda m: fields[m.group(1)], text).strip()
 
 
-def _template_file(kind: str, task: Task | None, directory: Path) -> Path:
+def _template_file(kind: str, task: Task | None, directory: Path) -> tuple[Path, os.stat_result]:
+    """The first template file that exists, with its stat (one per file tried: this runs for every record)."""
     candidates = [directory / f"{kind}-{task}.yaml"] if task else []
     candidates.append(directory / f"{kind}.yaml")
     for path in candidates:
-        if path.is_file():
-            return path
+        try:
+            found = path.stat()
+        except OSError:
+            continue
+        if stat.S_ISREG(found.st_mode):
+            return path, found
     raise PromptError(f"no prompt template for {kind!r} (task {task!r}) in {directory}")
 
 
@@ -82,9 +89,8 @@ def load_prompt(kind: str, task: Task | None = None, directory: Path | None = No
 
     Parsed once per version of the file: stages ask for it for every record, and parsing the YAML cost a replayed
     sample stage seven times what everything else in it did."""
-    path = _template_file(kind, task, directory or TEMPLATES_DIR)
-    stat = path.stat()
-    return _parse_template(path, stat.st_mtime_ns, stat.st_size)
+    path, found = _template_file(kind, task, directory or TEMPLATES_DIR)
+    return _parse_template(path, found.st_mtime_ns, found.st_size)
 
 
 @functools.lru_cache(maxsize=64)
