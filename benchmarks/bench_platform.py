@@ -7,9 +7,8 @@
    the bus alone (the same messages consumed, produced back and committed with no decoding and no stage): no stage
    runs over Kafka for less than the direct cost plus that floor. The LLM stages use the replay backend, so the ratio
    measures the broker, serialisation and commits, not an LLM; over Kafka the evolver keeps its state on the broker,
-   as `lema serve` runs it. The recording they replay is made first by journaling
-   a template backend that writes well-formed completions (solutions, corrections, new questions) whose numbers vary
-   with each request's seed.
+   as `lema serve` runs it. The recording they replay is made first by journaling a template backend that writes
+   well-formed completions (solutions, corrections, new questions) whose numbers vary with each request's seed.
 
     python benchmarks/bench_platform.py [--messages 4000] [--batch-size 64] [--calls 2000] [--clients librdkafka]
         [--rounds 3]
