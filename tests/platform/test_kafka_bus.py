@@ -1,5 +1,6 @@
 """The bus's consumer-group contract, on each Kafka client: a member that lost its generation cannot commit, and
-partitions taken away while a batch waits (paused) are consumed again once they come back."""
+partitions taken away while a batch waits (paused) are consumed again once they come back; a topic log reads every
+writer's entries in one order."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ from concurrent.futures import Future
 import pytest
 from platform_testing import bus_settings, committed
 
-from lema.bus.kafka import BusError, Delivery, KafkaInbox, RawMessage, ensure_topics, kafka_bus, kafka_inbox
+from lema.bus.kafka import (
+    BusError,
+    Delivery,
+    KafkaInbox,
+    RawMessage,
+    ensure_topics,
+    kafka_bus,
+    kafka_inbox,
+    kafka_log,
+)
 from lema.config import BusSettings
 from lema.runtime.infra import LocalBroker
 
@@ -117,3 +127,36 @@ def test_each_send_waits_for_its_own_acknowledgements_and_a_refused_message_fail
     finally:
         inbox.close()
     assert keys == {f"a{i}".encode() for i in range(50)} | {f"b{i}".encode() for i in range(50)} | {b"after"}
+
+
+def test_a_topic_log_reads_what_any_writer_appended_in_one_order_up_to_the_offset_asked_for(
+    broker: LocalBroker, bus_client: str
+) -> None:
+    """Two logs over one topic (two replicas): each reads every entry, its own and the other's, in the broker's
+    order; `read(until)` reads at least up to that offset, `read()` to the end; a log opened later reads it all from
+    the start."""
+    settings = bus_settings(broker, client=bus_client)
+    topic = settings.topic_prefix + "log"
+    ensure_topics(settings, ["log"], partitions=1, replication_factor=1)
+    first, second = (kafka_log(settings, topic, client_id=f"test-log-{n}") for n in (1, 2))
+    try:
+        assert list(first.read()) == []
+        assert first.append([]) == -1
+        last = first.append([(f"a{i}".encode(), b"1") for i in range(5)])
+        assert last == 4
+        assert second.append([(b"b0", b"2"), (b"b1", b"2")]) == 6
+        expected = [*((f"a{i}".encode(), b"1") for i in range(5)), (b"b0", b"2"), (b"b1", b"2")]
+        some = list(first.read(until=5))
+        assert some == expected[: len(some)] and len(some) >= 5
+        assert some + list(first.read()) == expected
+        everything = list(second.read())
+        assert everything == expected
+        assert list(second.read()) == []
+    finally:
+        first.close()
+        second.close()
+    later = kafka_log(settings, topic, client_id="test-log-3")
+    try:
+        assert list(later.read()) == everything
+    finally:
+        later.close()

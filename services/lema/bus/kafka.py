@@ -1,7 +1,8 @@
 """The Kafka bus: a producer that waits for acknowledgements, a consumer-group member with manual commits, topics.
 
 Two clients implement it, chosen by `bus.client`: librdkafka (`confluent-kafka`, `lema.bus.rdkafka`, the default)
-and kafka-python (`lema.bus.kafka_python`); `kafka_bus` and `kafka_inbox` are the one way to build either. Topic
+and kafka-python (`lema.bus.kafka_python`); `kafka_bus`, `kafka_inbox` and `kafka_log` are the one way to build
+either. Topic
 names get `bus.topic_prefix`; consumer groups are `bus.group_prefix + <service>`. Messages are keyed by the
 deterministic record id and carry a `lema.v1.Envelope` (see `lema.runtime.wire`), so a redelivered or re-produced
 message is the same message and every consumer can treat a repeated key as a no-op.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -27,6 +28,8 @@ KEEPALIVE_S = 1.0
 """While a batch is processed, the consumer polls (paused) at least this often."""
 COMMIT_TIMEOUT_MS = 10_000
 """A commit that cannot reach the group coordinator gives up (a transient error) instead of blocking forever."""
+LOG_READ_TIMEOUT_S = 60.0
+"""A `TopicLog.read` that cannot reach the end it was asked for by then fails (a transient error)."""
 Headers = list[tuple[str, bytes]]
 T = TypeVar("T")
 Partition = tuple[str, int]
@@ -128,6 +131,24 @@ class KafkaInbox(Protocol):
     def close(self) -> None: ...
 
 
+class TopicLog(Protocol):
+    """Partition 0 of a topic, read from its start and appended to: state that every replica holds alike (the
+    evolver's), because every replica applies the same entries in the same order."""
+
+    def append(self, entries: Sequence[tuple[bytes, bytes]]) -> int:
+        """Append (key, value) entries and wait for the broker's acknowledgement; returns the offset of the last
+        one (-1: none). Raises `BusError` when one was not acknowledged."""
+        ...
+
+    def read(self, until: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """The (key, value) entries after those read so far, at least up to offset `until` (exclusive; default: the
+        end of the log now), and any fetched with them. Raises `BusError` when they cannot be read within
+        `LOG_READ_TIMEOUT_S`."""
+        ...
+
+    def close(self) -> None: ...
+
+
 def kafka_bus(settings: BusSettings, client_id: str) -> KafkaBus:
     """A producer of the `bus.client` kind."""
     if settings.client == "librdkafka":
@@ -156,6 +177,17 @@ def kafka_inbox(
     from lema.bus.kafka_python import KafkaPythonInbox
 
     return KafkaPythonInbox(settings, group, topics, client_id, on_assign)
+
+
+def kafka_log(settings: BusSettings, topic: str, client_id: str) -> TopicLog:
+    """A `TopicLog` of the `bus.client` kind over `topic` (its full name, prefix included)."""
+    if settings.client == "librdkafka":
+        from lema.bus.rdkafka import RdKafkaLog
+
+        return RdKafkaLog(settings, topic, client_id)
+    from lema.bus.kafka_python import KafkaPythonLog
+
+    return KafkaPythonLog(settings, topic, client_id)
 
 
 def client_options(settings: BusSettings) -> dict[str, Any]:

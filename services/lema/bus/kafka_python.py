@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -15,6 +16,7 @@ from lema.bus.base import Message
 from lema.bus.kafka import (
     COMMIT_TIMEOUT_MS,
     KEEPALIVE_S,
+    LOG_READ_TIMEOUT_S,
     BusError,
     Delivery,
     PositionsOnAssign,
@@ -177,3 +179,46 @@ class KafkaPythonInbox:
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
+
+
+class KafkaPythonLog:
+    """`lema.bus.kafka.TopicLog` on kafka-python."""
+
+    def __init__(self, settings: BusSettings, topic: str, client_id: str) -> None:
+        self._partition = TopicPartition(topic, 0)
+        self._producer = KafkaProducer(
+            **client_options(settings), client_id=client_id, enable_idempotence=True, acks="all", linger_ms=5
+        )
+        self._consumer = KafkaConsumer(
+            **client_options(settings), client_id=client_id, enable_auto_commit=False, fetch_max_wait_ms=100
+        )
+        self._consumer.assign([self._partition])
+        self._consumer.seek_to_beginning(self._partition)
+
+    def append(self, entries: Sequence[tuple[bytes, bytes]]) -> int:
+        topic = self._partition.topic
+        futures = [self._producer.send(topic, key=key, value=value, partition=0) for key, value in entries]
+        self._producer.flush()
+        try:
+            return max((future.get().offset for future in futures), default=-1)
+        except KafkaError as exc:
+            raise BusError(f"kafka: an entry of {topic} was not acknowledged: {exc}") from exc
+
+    def read(self, until: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """The end is the larger of `until` (or the broker's end offset) and the last fetch's high watermark:
+        Tansu's end offset is the last batch's base offset + 1, short of the batch's other entries."""
+        try:
+            end = until if until is not None else self._consumer.end_offsets([self._partition])[self._partition]
+        except KafkaError as exc:
+            raise BusError(f"kafka: cannot read the end of {self._partition.topic}: {exc}") from exc
+        deadline = time.monotonic() + LOG_READ_TIMEOUT_S
+        while self._consumer.position(self._partition) < max(end, self._consumer.highwater(self._partition) or 0):
+            if time.monotonic() > deadline:
+                raise BusError(f"kafka: {self._partition.topic} not read up to offset {end} in {LOG_READ_TIMEOUT_S}s")
+            for records in self._consumer.poll(timeout_ms=500, max_records=10_000).values():
+                for record in records:
+                    yield record.key, record.value
+
+    def close(self) -> None:
+        self._producer.close()
+        self._consumer.close()

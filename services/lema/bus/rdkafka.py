@@ -10,16 +10,18 @@ interval, and newly assigned partitions started where the sink's own offsets say
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from lema.bus.base import Message
 from lema.bus.kafka import (
     COMMIT_TIMEOUT_MS,
     KEEPALIVE_S,
+    LOG_READ_TIMEOUT_S,
     BusError,
     Delivery,
     Partition,
@@ -55,6 +57,10 @@ DELIVERY_TIMEOUT_MS = 120_000
 """As kafka-python's `delivery_timeout_ms`: a message not acknowledged by then fails its `publish` (transient)."""
 ACK_POLL_S = 0.05
 """How long one wait for delivery reports blocks before looking at its own count again."""
+LOG_FETCH_WAIT_MS = 10
+"""How long a `RdKafkaLog` fetch waits at the broker for entries. librdkafka fetches in the background, so reading
+back what was just appended waits for the fetch in flight: Kafka answers it as soon as the entries arrive, a broker
+that does not (Tansu) only once this wait is over. The price is one empty fetch per wait while the log is idle."""
 
 
 def rdkafka_options(settings: BusSettings) -> dict[str, Any]:
@@ -281,4 +287,72 @@ class RdKafkaInbox:
         return lag
 
     def close(self) -> None:
+        self._consumer.close()
+
+
+class RdKafkaLog:
+    """`lema.bus.kafka.TopicLog` on librdkafka."""
+
+    def __init__(self, settings: BusSettings, topic: str, client_id: str) -> None:
+        options = rdkafka_options(settings) | {"client.id": client_id}
+        self._producer = Producer(options | {"enable.idempotence": True, "acks": "all", "linger.ms": 0})
+        # Assigned, never subscribed: librdkafka wants a group id, but this consumer never joins or commits.
+        self._consumer = Consumer(
+            options | {"group.id": client_id, "enable.auto.commit": False, "fetch.wait.max.ms": LOG_FETCH_WAIT_MS}
+        )
+        self._partition = TopicPartition(topic, 0)
+        self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        self._position = 0
+        """The offset after the last entry read."""
+
+    def append(self, entries: Sequence[tuple[bytes, bytes]]) -> int:
+        reports: list[tuple[KafkaError | None, int]] = []
+
+        def delivered(error: KafkaError | None, message: Any) -> None:
+            reports.append((error, message.offset()))
+
+        topic = self._partition.topic
+        try:
+            for key, value in entries:
+                self._producer.produce(topic, value, key, partition=0, on_delivery=delivered)
+        except (KafkaException, BufferError) as exc:
+            raise BusError(f"kafka: an entry of {topic} was not accepted: {exc}") from exc
+        while len(reports) < len(entries):  # every entry gets a report by `message.timeout.ms`
+            self._producer.poll(ACK_POLL_S)
+        failed = [error for error, _ in reports if error is not None]
+        if failed:
+            raise BusError(f"kafka: {len(failed)} entry(ies) of {topic} not acknowledged: {failed[0].str()}")
+        return max((offset for _, offset in reports), default=-1)
+
+    def read(self, until: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """The end is the larger of `until` (or the broker's end offset) and the last fetch's high watermark:
+        Tansu's end offset is the last batch's base offset + 1, short of the batch's other entries."""
+        topic = self._partition.topic
+        try:
+            end = until if until is not None else self._high_watermark(cached=False)
+        except KafkaException as exc:
+            raise BusError(f"kafka: cannot read the end of {topic}: {exc}") from exc
+        deadline = time.monotonic() + LOG_READ_TIMEOUT_S
+        while self._position < max(end, self._high_watermark(cached=True)):
+            if time.monotonic() > deadline:
+                raise BusError(f"kafka: {topic} not read up to offset {end} in {LOG_READ_TIMEOUT_S}s")
+            first = self._consumer.poll(0.5)
+            for message in [first, *self._consumer.consume(10_000, timeout=0)] if first is not None else []:
+                error = message.error()
+                if error is not None:
+                    if error.fatal():
+                        raise BusError(f"kafka: reading {topic}: {error.str()}")
+                    log.warning("%s: %s", topic, error.str())
+                    continue
+                self._position = message.offset() + 1  # type: ignore[operator]
+                yield message.key(), message.value()  # type: ignore[misc]
+
+    def _high_watermark(self, cached: bool) -> int:
+        """The broker's end offset, or (`cached`) the one the last fetch brought (-1: none yet)."""
+        offsets = self._consumer.get_watermark_offsets(self._partition, timeout=10, cached=cached)
+        return offsets[1] if offsets else -1
+
+    def close(self) -> None:
+        self._producer.flush()
+        self._producer.close()
         self._consumer.close()
