@@ -107,8 +107,9 @@ def settings_for(bus: BusSettings) -> LemaSettings:
 
 
 @pytest.fixture
-def bus(broker: LocalBroker) -> Iterator[tuple[BusSettings, KafkaBus]]:
-    settings = bus_settings(broker)
+def bus(broker: LocalBroker, bus_client: str) -> Iterator[tuple[BusSettings, KafkaBus]]:
+    """The state on each Kafka client: its log is built by the client `bus.client` names."""
+    settings = bus_settings(broker, client=bus_client)
     ensure_topics(settings, Topics.ALL, partitions=3, replication_factor=1)
     producer = kafka_bus(settings, client_id="test-producer")
     yield settings, producer

@@ -8,7 +8,8 @@ to past their own claim and agree that the first claim wins; the loser appends t
 compaction (which keeps a key's *last* value) keeps the winner.
 
 Cost: restoring reads every entry once (O(history), at start only); a batch with seeds not claimed yet costs one
-write of its claims and a read back to past them (the entries added since the last batch).
+write of its claims and a read back to past them (the entries added since the last batch). Reading back parses
+only what is news: a question already indexed, or an entry this replica wrote itself, is applied without parsing.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka import KafkaAdminClient
+from kafka.errors import TopicAlreadyExistsError
 
-from lema.bus.kafka import BusError, client_options
+from lema.bus.kafka import client_options, kafka_log
 from lema.config import BusSettings
 from lema.evolver_state.base import Evolution
 from lema.records import Question
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 
 STATE_TOPIC = "evolver.state"
 """Its name after `bus.topic_prefix`."""
-CATCH_UP_TIMEOUT_S = 60.0
 _QUESTION, _SEED = "question/", "seed/"
 
 
@@ -53,36 +53,23 @@ class KafkaEvolverState:
     def __init__(self, settings: BusSettings, threshold: float, client_id: str) -> None:
         self.index = QuestionIndex(threshold)
         self._evolutions: dict[str, Evolution] = {}
-        self._partition = TopicPartition(ensure_state_topic(settings), 0)
-        self._producer = KafkaProducer(
-            **client_options(settings),
-            client_id=f"{client_id}-state",
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
-        )
-        self._consumer = KafkaConsumer(
-            **client_options(settings),
-            client_id=f"{client_id}-state",
-            enable_auto_commit=False,
-            fetch_max_wait_ms=100,
-        )
-        self._consumer.assign([self._partition])
-        self._consumer.seek_to_beginning(self._partition)
+        self._written: dict[tuple[str, bytes], Evolution] = {}
+        """Seed entries this replica wrote and has not read back yet, parsed: reading one back needs no parse."""
+        self._log = kafka_log(settings, ensure_state_topic(settings), client_id=f"{client_id}-state")
         started = time.perf_counter()
         self._catch_up()
         log.info(
             "evolver state: restored %d question(s) and %d seed(s) from %s in %.2fs",
             len(self.index),
             len(self._evolutions),
-            self._partition.topic,
+            settings.topic_prefix + STATE_TOPIC,
             time.perf_counter() - started,
         )
 
     # -- the interface ---------------------------------------------------------------------------------------
     def remember(self, questions: Sequence[Question]) -> None:
         new = [q for q in questions if not self.index.knows(q.id)]
-        self._write([(_QUESTION + q.id, q.model_dump_json()) for q in new])
+        self._write([(_QUESTION + q.id, q.model_dump_json().encode()) for q in new])
         for question in new:
             self.index.add(question)
 
@@ -93,63 +80,49 @@ class KafkaEvolverState:
         unclaimed = {seed: by for seed, by in claimants.items() if seed not in self._evolutions}
         if unclaimed:
             claims = [Evolution(seed_id=seed, claimant=by) for seed, by in unclaimed.items()]
-            last = self._write([(_SEED + c.seed_id, c.model_dump_json()) for c in claims])
+            last = self._write_evolutions(claims)
             self._catch_up(until=last + 1)
             lost = [self._evolutions[seed] for seed, by in unclaimed.items() if self._evolutions[seed].claimant != by]
             if lost:
                 log.info("evolver state: %d seed(s) were claimed by another replica first", len(lost))
-                self._write([(_SEED + winner.seed_id, winner.model_dump_json()) for winner in lost])
+                self._write_evolutions(lost)
         return {seed: self._evolutions[seed] for seed in claimants}
 
     def record(self, evolutions: Sequence[Evolution]) -> None:
-        entries = [(_SEED + e.seed_id, e.model_dump_json()) for e in evolutions]
-        entries += [(_QUESTION + q.id, q.model_dump_json()) for e in evolutions for q in e.questions]
-        self._write(entries)
+        questions = [q for e in evolutions for q in e.questions]
+        self._write_evolutions(evolutions, [(_QUESTION + q.id, q.model_dump_json().encode()) for q in questions])
         for evolution in evolutions:
             self._apply_evolution(evolution)
             for question in evolution.questions:
                 self.index.add(question)
 
     def close(self) -> None:
-        self._producer.close()
-        self._consumer.close()
+        self._log.close()
 
     # -- the log ---------------------------------------------------------------------------------------------
-    def _write(self, entries: Sequence[tuple[str, str]]) -> int:
-        """Append entries and wait for the broker's acknowledgement; returns the offset of the last one (-1: none)."""
-        futures = [
-            self._producer.send(self._partition.topic, key=key.encode(), value=value.encode(), partition=0)
-            for key, value in entries
-        ]
-        self._producer.flush()
-        try:
-            return max((future.get().offset for future in futures), default=-1)
-        except KafkaError as exc:
-            raise BusError(f"kafka: an evolver state entry was not acknowledged: {exc}") from exc
+    def _write_evolutions(self, evolutions: Sequence[Evolution], also: Sequence[tuple[str, bytes]] = ()) -> int:
+        """`_write` the evolutions (and the entries `also`), keeping each parsed until it is read back."""
+        entries = [(_SEED + e.seed_id, e.model_dump_json().encode()) for e in evolutions]
+        last = self._write([*entries, *also])
+        self._written.update(zip(entries, evolutions, strict=True))
+        return last
+
+    def _write(self, entries: Sequence[tuple[str, bytes]]) -> int:
+        """Append entries; returns the offset of the last one (-1: none)."""
+        return self._log.append([(key.encode(), value) for key, value in entries])
 
     def _catch_up(self, until: int | None = None) -> None:
-        """Apply every entry up to `until` (default: the partition's current end).
-
-        The end is the larger of the broker's end offset and the last fetch's high watermark: Tansu's end offset is
-        the last batch's base offset + 1, short of the batch's other entries.
-        """
-        try:
-            end = until if until is not None else self._consumer.end_offsets([self._partition])[self._partition]
-        except KafkaError as exc:
-            raise BusError(f"kafka: cannot read the end of {self._partition.topic}: {exc}") from exc
-        deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-        while self._consumer.position(self._partition) < max(end, self._consumer.highwater(self._partition) or 0):
-            if time.monotonic() > deadline:
-                raise BusError(f"kafka: {self._partition.topic} not read up to offset {end} in {CATCH_UP_TIMEOUT_S}s")
-            for records in self._consumer.poll(timeout_ms=500, max_records=10_000).values():
-                for entry in records:
-                    self._apply(entry.key.decode(), entry.value)
+        """Apply every entry at least up to offset `until` (exclusive; default: the end of the log now)."""
+        for key, value in self._log.read(until):
+            self._apply(key.decode(), value)
 
     def _apply(self, key: str, value: bytes) -> None:
         if key.startswith(_QUESTION):
-            self.index.add(Question.model_validate_json(value))
+            if not self.index.knows(key.removeprefix(_QUESTION)):  # ids are content hashes: a known id is no news
+                self.index.add(Question.model_validate_json(value))
         elif key.startswith(_SEED):
-            self._apply_evolution(Evolution.model_validate_json(value))
+            written = self._written.pop((key, value), None)
+            self._apply_evolution(written or Evolution.model_validate_json(value))
 
     def _apply_evolution(self, evolution: Evolution) -> None:
         """First claim wins; later entries count only when they come from the owning claimant."""
