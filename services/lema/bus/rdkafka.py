@@ -295,7 +295,10 @@ class RdKafkaLog:
 
     def __init__(self, settings: BusSettings, topic: str, client_id: str) -> None:
         options = rdkafka_options(settings) | {"client.id": client_id}
-        self._producer = Producer(options | {"enable.idempotence": True, "acks": "all", "linger.ms": 0})
+        self._producer = Producer(
+            options
+            | {"enable.idempotence": True, "acks": "all", "linger.ms": 0, "message.timeout.ms": DELIVERY_TIMEOUT_MS}
+        )
         # Assigned, never subscribed: librdkafka wants a group id, but this consumer never joins or commits.
         self._consumer = Consumer(
             options | {"group.id": client_id, "enable.auto.commit": False, "fetch.wait.max.ms": LOG_FETCH_WAIT_MS}
