@@ -301,7 +301,13 @@ class RdKafkaLog:
         )
         # Assigned, never subscribed: librdkafka wants a group id, but this consumer never joins or commits.
         self._consumer = Consumer(
-            options | {"group.id": client_id, "enable.auto.commit": False, "fetch.wait.max.ms": LOG_FETCH_WAIT_MS}
+            options
+            | {
+                "group.id": client_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",  # an offset gone (retention) restarts the read; it never skips
+                "fetch.wait.max.ms": LOG_FETCH_WAIT_MS,
+            }
         )
         self._partition = TopicPartition(topic, 0)
         self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
