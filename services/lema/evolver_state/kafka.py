@@ -7,6 +7,8 @@ gives every entry one order, and that order decides claims: when two replicas cl
 to past their own claim and agree that the first claim wins; the loser appends the winner's claim again, so
 compaction (which keeps a key's *last* value) keeps the winner.
 
+The topic is read and written through `lema.bus.kafka.kafka_log`, on the client `bus.client` names.
+
 Cost: restoring reads every entry once (O(history), at start only); a batch with seeds not claimed yet costs one
 write of its claims and a read back to past them (the entries added since the last batch). Reading back parses
 only what is news: a question already indexed, or an entry this replica wrote itself, is applied without parsing.
