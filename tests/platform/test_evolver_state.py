@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from typing import Any
 
 import pytest
 from platform_testing import bus_settings, committed, read_topics
@@ -193,6 +194,41 @@ def test_a_replica_with_a_stale_view_loses_a_seed_claimed_before_its_claim(bus: 
         assert restored.claim({seed.id: "c-late"})[seed.id] == owner
     finally:
         restored.close()
+
+
+def test_reading_back_parses_only_entries_another_replica_wrote(
+    bus: tuple[BusSettings, KafkaBus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica's own claims, records and questions are applied as written when it reads them back; another
+    replica's are parsed, and both end with the same state."""
+    settings, _ = bus
+    seeds = seed_flow()[0][:4]
+    evolved = Question.create("A new question about pens?", "3", "gsm8k", "evolved", parent_id=seeds[0].id, round=1)
+    parsed: Counter[str] = Counter()
+    for model in (Question, Evolution):
+        validate = model.model_validate_json
+
+        def counting(data: str | bytes, _validate: Any = validate, _name: str = model.__name__, **kwargs: Any) -> Any:
+            parsed[_name] += 1
+            return _validate(data, **kwargs)
+
+        monkeypatch.setattr(model, "model_validate_json", counting)
+    writer = KafkaEvolverState(settings, 0.85, "test-writer")
+    other = KafkaEvolverState(settings, 0.85, "test-other")
+    try:
+        writer.remember(seeds)
+        writer.claim({seed.id: f"c-{seed.id}" for seed in seeds[:2]})
+        writer.record([Evolution(seed_id=seeds[0].id, claimant=f"c-{seeds[0].id}", done=True, questions=(evolved,))])
+        writer.claim({seeds[2].id: "c-third"})  # reads back the record and its question
+        assert parsed == Counter()
+        owners = other.claim({seed.id: "c-other" for seed in seeds})
+        assert parsed == Counter(Question=len(seeds) + 1, Evolution=4)  # 3 claims and a record
+        assert owners == writer.claim({seed.id: "c-late" for seed in seeds})
+        assert owners[seeds[0].id].questions == (evolved,) and owners[seeds[3].id].claimant == "c-other"
+        assert writer.index.knows(evolved.id) and other.index.knows(evolved.id)
+    finally:
+        writer.close()
+        other.close()
 
 
 def test_two_replicas_never_evolve_the_same_seed(bus: tuple[BusSettings, KafkaBus]) -> None:
