@@ -2,10 +2,9 @@
 
 Two clients implement it, chosen by `bus.client`: librdkafka (`confluent-kafka`, `lema.bus.rdkafka`, the default)
 and kafka-python (`lema.bus.kafka_python`); `kafka_bus`, `kafka_inbox` and `kafka_log` are the one way to build
-either. Topic
-names get `bus.topic_prefix`; consumer groups are `bus.group_prefix + <service>`. Messages are keyed by the
-deterministic record id and carry a `lema.v1.Envelope` (see `lema.runtime.wire`), so a redelivered or re-produced
-message is the same message and every consumer can treat a repeated key as a no-op.
+either. Topic names get `bus.topic_prefix`; consumer groups are `bus.group_prefix + <service>`. Messages are keyed
+by the deterministic record id and carry a `lema.v1.Envelope` (see `lema.runtime.wire`), so a redelivered or
+re-produced message is the same message and every consumer can treat a repeated key as a no-op.
 """
 
 from __future__ import annotations

@@ -198,11 +198,8 @@ class KafkaPythonLog:
     def append(self, entries: Sequence[tuple[bytes, bytes]]) -> int:
         topic = self._partition.topic
         futures = [self._producer.send(topic, key=key, value=value, partition=0) for key, value in entries]
-        self._producer.flush()
-        try:
-            return max((future.get().offset for future in futures), default=-1)
-        except KafkaError as exc:
-            raise BusError(f"kafka: an entry of {topic} was not acknowledged: {exc}") from exc
+        _Acks(self._producer, futures).wait()
+        return max((future.get().offset for future in futures), default=-1)
 
     def read(self, until: int | None = None) -> Iterator[tuple[bytes, bytes]]:
         """The end is the larger of `until` (or the broker's end offset) and the last fetch's high watermark:

@@ -76,20 +76,26 @@ class _Acks:
     def __init__(self, producer: Producer, expected: int) -> None:
         self._producer = producer
         self._expected = expected
-        self.reports: list[KafkaError | None] = []  # appended from any polling thread (list.append is atomic)
+        self.reports: list[tuple[KafkaError | None, int]] = []
+        """(error, offset) of each message, appended from any polling thread (list.append is atomic)."""
 
-    def delivered(self, error: KafkaError | None, _message: object) -> None:
-        self.reports.append(error)
+    def delivered(self, error: KafkaError | None, message: Any) -> None:
+        self.reports.append((error, message.offset()))
 
     def wait(self) -> None:
         while len(self.reports) < self._expected:  # every message gets a report by `message.timeout.ms`
             self._producer.poll(ACK_POLL_S)
-        failed = [error for error in self.reports if error is not None]
+        failed = [error for error, _ in self.reports if error is not None]
         if failed:
             error = failed[0]
             raise BusError(f"kafka: {len(failed)} message(s) not acknowledged: {error.str()}") from KafkaException(
                 error
             )
+
+    @property
+    def last_offset(self) -> int:
+        """The highest offset acknowledged so far (-1: none)."""
+        return max((offset for _, offset in self.reports), default=-1)
 
 
 class RdKafkaBus:
@@ -315,23 +321,15 @@ class RdKafkaLog:
         """The offset after the last entry read."""
 
     def append(self, entries: Sequence[tuple[bytes, bytes]]) -> int:
-        reports: list[tuple[KafkaError | None, int]] = []
-
-        def delivered(error: KafkaError | None, message: Any) -> None:
-            reports.append((error, message.offset()))
-
+        acks = _Acks(self._producer, len(entries))
         topic = self._partition.topic
         try:
             for key, value in entries:
-                self._producer.produce(topic, value, key, partition=0, on_delivery=delivered)
+                self._producer.produce(topic, value, key, partition=0, on_delivery=acks.delivered)
         except (KafkaException, BufferError) as exc:
             raise BusError(f"kafka: an entry of {topic} was not accepted: {exc}") from exc
-        while len(reports) < len(entries):  # every entry gets a report by `message.timeout.ms`
-            self._producer.poll(ACK_POLL_S)
-        failed = [error for error, _ in reports if error is not None]
-        if failed:
-            raise BusError(f"kafka: {len(failed)} entry(ies) of {topic} not acknowledged: {failed[0].str()}")
-        return max((offset for _, offset in reports), default=-1)
+        acks.wait()
+        return acks.last_offset
 
     def read(self, until: int | None = None) -> Iterator[tuple[bytes, bytes]]:
         """The end is the larger of `until` (or the broker's end offset) and the last fetch's high watermark:
