@@ -90,7 +90,7 @@ def test_partitions_taken_away_while_a_batch_waits_are_consumed_once_they_come_b
         seen = {d.key for d in poll_until(member, 1)}
         visiting = threading.Thread(target=visit)
         visiting.start()
-        member.wait_paused(batch_done)
+        member.wait_paused(batch_done, keep=1)
         visiting.join()
     finally:
         visitor.close()  # its partitions go back to the member
@@ -106,21 +106,22 @@ def test_partitions_taken_away_while_a_batch_waits_are_consumed_once_they_come_b
 def test_messages_fetched_before_a_long_wait_are_handed_out_at_once_after_it(
     broker: LocalBroker, bus_client: str
 ) -> None:
-    """A batch that outlasts KEEPALIVE_S is waited for paused. The messages fetched before the wait must be the next
-    poll's, at once and in order: fetched again, they would cost the worker a round trip at every batch's end, with
-    its window short of batches meanwhile (the LLM stages over Kafka drained their window that way)."""
-    settings = bus_settings(broker, client=bus_client).model_copy(update={"batch_size": 4})
+    """A batch that outlasts KEEPALIVE_S is waited for paused. The messages fetched before the wait, as many as the
+    caller keeps, must be the next poll's, at once and in order: fetched again, they would cost the worker a round
+    trip at every batch's end, with its window short of batches meanwhile (the LLM stages over Kafka drained their
+    window that way). A window whose batches all end together takes several batches at once."""
+    settings = bus_settings(broker, client=bus_client).model_copy(update={"batch_size": 2})
     ensure_topics(settings, ["work"], partitions=1, replication_factor=1)
     feed_work(settings)
     member = kafka_inbox(settings, settings.group_prefix + "work", ["work"], client_id="test-member")
     try:
-        first = poll_until(member, 4)
+        first = poll_until(member, 2)
         batch_done: Future[None] = Future()
         threading.Timer(KEEPALIVE_S * 2.5, batch_done.set_result, [None]).start()
-        member.wait_paused(batch_done)
-        after = member.poll(0)
-        assert [d.offset for d in after] == [4, 5, 6, 7]  # at once, from where the batch ended
-        rest = after + poll_until(member, 12)
+        member.wait_paused(batch_done, keep=14)  # seven batches
+        after = member.poll(0, max_records=14)
+        assert [d.offset for d in after] == list(range(2, 16))  # at once, from where the batch ended
+        rest = after + poll_until(member, 4)
         assert [d.offset for d in first + rest] == list(range(20))  # each once, in order
     finally:
         member.close()

@@ -110,13 +110,14 @@ class KafkaInbox(Protocol):
         """
         ...
 
-    def wait_paused(self, future: Future[T]) -> T:
+    def wait_paused(self, future: Future[T], keep: int) -> T:
         """The result of `future` (a batch being processed), staying in the group however long it takes.
 
         Kafka evicts a member that does not poll within `max_poll_interval_ms`. A batch that outlasts
         `KEEPALIVE_S` is waited for with every partition paused, polling now and then: that keeps the member alive
         without fetching. Partitions a rebalance assigns meanwhile are paused too, and fetched from where the
-        consumer stopped once it resumes.
+        consumer stopped once it resumes. Up to `keep` messages already fetched when the pause began (the most the
+        caller will take once the wait ends) are handed out by the next polls without fetching them again.
         """
         ...
 

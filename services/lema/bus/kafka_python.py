@@ -149,7 +149,7 @@ class KafkaPythonInbox:
             return False
         return True
 
-    def wait_paused(self, future: Future[T]) -> T:
+    def wait_paused(self, future: Future[T], keep: int) -> T:  # kafka-python keeps every fetched record paused
         try:
             return future.result(timeout=KEEPALIVE_S)
         except TimeoutError:

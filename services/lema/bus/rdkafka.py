@@ -147,12 +147,6 @@ class RdKafkaBus:
         self._producer.close()
 
 
-HELD_BATCHES = 4
-"""Batches' worth of fetched messages a paused wait keeps for the polls after it. librdkafka drops what it fetched
-for a partition when it is paused, and fetching again after the wait takes 0.5-0.9 s on Tansu: meanwhile a worker's
-window, whose head batch just ended, cannot refill, and its LLM waits."""
-
-
 class RdKafkaInbox:
     """`lema.bus.kafka.KafkaInbox` on librdkafka."""
 
@@ -172,7 +166,9 @@ class RdKafkaInbox:
         """(prefixed topic, partition) assigned to this member now: commits for others are refused."""
         self._paused = False
         self._held: list[KafkaMessage] = []
-        """Messages fetched before a paused wait, handed out first by the next polls (see `HELD_BATCHES`)."""
+        """Messages fetched before a paused wait, handed out first by the next polls. librdkafka drops what it fetched
+        for a partition when it is paused, and fetching again after the wait takes 0.5-0.9 s on Tansu: meanwhile a
+        worker's window, whose head batch just ended, could not refill, and its LLM would wait."""
         self._consumer = Consumer(
             rdkafka_options(settings)
             | {
@@ -268,13 +264,14 @@ class RdKafkaInbox:
                 return False
         return not lost
 
-    def wait_paused(self, future: Future[T]) -> T:
+    def wait_paused(self, future: Future[T], keep: int) -> T:
         try:
             return future.result(timeout=KEEPALIVE_S)
         except TimeoutError:
             pass
         self._paused = True  # partitions assigned meanwhile are paused as they arrive
-        self._hold(self._consumer.consume(HELD_BATCHES * self._max_records, timeout=0))
+        if keep > len(self._held):
+            self._hold(self._consumer.consume(keep - len(self._held), timeout=0))
         self._consumer.pause(self._consumer.assignment())
         try:
             while True:

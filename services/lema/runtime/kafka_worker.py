@@ -212,10 +212,11 @@ class KafkaWorker:
             raise
 
     def _wait_for_head(self) -> None:
-        """Wait for the oldest batch, staying in the group without fetching more."""
+        """Wait for the oldest batch, staying in the group without fetching more; what was fetched already is kept
+        for the whole window, which may end at once."""
         head = self._window[0].done
         try:
-            self.inbox.wait_paused(head)
+            self.inbox.wait_paused(head, keep=self.depth * self.settings.batch_size)
         except Exception as exc:  # the consumer failed while keeping the group: the batch still finishes
             if classify(exc) is None:
                 raise
