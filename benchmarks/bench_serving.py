@@ -314,8 +314,10 @@ class Capturing:
 
 def llm_settings(url: str, concurrency: int, max_tokens: int) -> LemaSettings:
     """Every LLM stage on one `openai` backend against the server, in batches of 4 messages (the sample stage's are
-    8 requests), so that the window across batches, not one big batch, keeps the server's slots full."""
-    params = {"max_tokens": max_tokens}
+    8 requests), so that the window across batches, not one big batch, keeps the server's slots full. Greedy
+    decoding: the server's batches are not batch-invariant, so sampled texts (and the work they take) differ with
+    the order requests arrive in, which differs between the runtimes; greedy texts hardly do."""
+    params = {"max_tokens": max_tokens, "temperature": 0.0}
     llm = {"backend": "openai", "model": "smollm2-135m", "base_url": url, "max_concurrency": concurrency}
     return LemaSettings.model_validate(
         {
@@ -469,8 +471,8 @@ def llm_stages(questions_count: int, concurrency: int, max_tokens: int, rounds: 
             f" (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})"
         )
     print(
-        "target: sample, correct, evolve >= 0.9x (here with a real LLM; section 3 replays one). The server's batches"
-        " are not batch-invariant, so sampled texts, and with them the evolver's votes, differ from run to run"
+        "target: sample, correct, evolve >= 0.9x (here with a real LLM; section 3 replays one). Decoding is greedy,"
+        " but the server's batches are not batch-invariant: a text, and with it the work, may differ between rounds"
     )
 
 
