@@ -217,15 +217,24 @@ def client_options(settings: BusSettings) -> dict[str, Any]:
     return options
 
 
-def ensure_topics(settings: BusSettings, names: Iterable[str], partitions: int, replication_factor: int) -> None:
-    """Create the (prefixed) topics that do not exist yet; existing ones are left as they are."""
+def ensure_topics(
+    settings: BusSettings,
+    names: Iterable[str],
+    partitions: int,
+    replication_factor: int,
+    configs: Mapping[str, str] | None = None,
+) -> None:
+    """Create the (prefixed) topics that do not exist yet, with topic `configs` if given; existing ones are left as
+    they are. A `replication_factor` of -1 takes the broker's default."""
     admin = KafkaAdminClient(**client_options(settings), client_id="lema-admin")
     try:
         existing = set(admin.list_topics())
         missing = [settings.topic_prefix + n for n in names if settings.topic_prefix + n not in existing]
         if missing:
             try:
-                spec = {"num_partitions": partitions, "replication_factor": replication_factor}
+                spec: dict[str, Any] = {"num_partitions": partitions, "replication_factor": replication_factor}
+                if configs:
+                    spec["configs"] = dict(configs)
                 admin.create_topics({name: spec for name in missing})
                 log.info("created topics %s", ", ".join(missing))
             except TopicAlreadyExistsError:

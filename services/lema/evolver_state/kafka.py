@@ -16,15 +16,11 @@ only what is news: a question already indexed, or an entry this replica wrote it
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
 
-from kafka import KafkaAdminClient
-from kafka.errors import TopicAlreadyExistsError
-
-from lema.bus.kafka import client_options, kafka_log
+from lema.bus.kafka import ensure_topics, kafka_log
 from lema.config import BusSettings
 from lema.evolver_state.base import Evolution
 from lema.records import Question
@@ -39,16 +35,8 @@ _QUESTION, _SEED = "question/", "seed/"
 
 def ensure_state_topic(settings: BusSettings) -> str:
     """Create the compacted state topic if it does not exist; returns its full name."""
-    name = settings.topic_prefix + STATE_TOPIC
-    admin = KafkaAdminClient(**client_options(settings), client_id="lema-admin")
-    try:
-        if name not in set(admin.list_topics()):
-            spec = {"num_partitions": 1, "replication_factor": -1, "configs": {"cleanup.policy": "compact"}}
-            with contextlib.suppress(TopicAlreadyExistsError):  # another replica created it first
-                admin.create_topics({name: spec})
-    finally:
-        admin.close()
-    return name
+    ensure_topics(settings, [STATE_TOPIC], partitions=1, replication_factor=-1, configs={"cleanup.policy": "compact"})
+    return settings.topic_prefix + STATE_TOPIC
 
 
 class KafkaEvolverState:
