@@ -221,18 +221,24 @@ class RdKafkaInbox:
         if len(polled) < wanted:
             polled += self._consumer.consume(wanted - len(polled), timeout=0)
         cut = len(self.prefix)
-        deliveries: list[Delivery] = []
-        for m in polled:
+        return [
+            Delivery(m.topic()[cut:], m.partition(), m.offset(), m.key(), m.value(), m.headers() or [])  # type: ignore[index,arg-type]
+            for m in self._usable(polled)
+        ]
+
+    def _usable(self, messages: list[KafkaMessage]) -> list[KafkaMessage]:
+        """`messages` without librdkafka's error events: a fatal one raises; the others librdkafka retries by itself
+        (a broker down, a poll interval overrun), so they are logged and dropped."""
+        usable: list[KafkaMessage] = []
+        for m in messages:
             error = m.error()
             if error is None:
-                deliveries.append(
-                    Delivery(m.topic()[cut:], m.partition(), m.offset(), m.key(), m.value(), m.headers() or [])  # type: ignore[index,arg-type]
-                )
+                usable.append(m)
             elif error.fatal():
                 raise KafkaException(error)
-            else:  # librdkafka retries by itself (a broker down, a poll interval overrun): say so and carry on
+            else:
                 log.warning("%s: %s", self.group, error.str())
-        return deliveries
+        return usable
 
     def commit(self, deliveries: Sequence[Delivery]) -> bool:
         ends: dict[tuple[str, int], int] = {}
@@ -285,14 +291,7 @@ class RdKafkaInbox:
             self._consumer.resume(self._consumer.assignment())
 
     def _hold(self, messages: list[KafkaMessage]) -> None:
-        for m in messages:
-            error = m.error()
-            if error is not None:
-                if error.fatal():
-                    raise KafkaException(error)
-                log.warning("%s: %s", self.group, error.str())
-            elif (m.topic(), m.partition()) in self._owned:
-                self._held.append(m)
+        self._held += [m for m in self._usable(messages) if (m.topic(), m.partition()) in self._owned]
 
     def lag(self) -> dict[str, int]:
         lag: dict[str, int] = {}
