@@ -4,8 +4,10 @@
    asyncio client with that many calls in flight.
 2. Per-stage Kafka throughput (messages/s) in steady state as a ratio to calling the same stage directly, for each
    Kafka client (`bus.client`) in turn, with the CPU time per message of each side, and the CPU time per message of
-   the bus alone (the same messages consumed, produced back and committed with no decoding and no stage): no stage
-   runs over Kafka for less than the direct cost plus that floor. The LLM stages use the replay backend, so the ratio
+   the bus alone (the same messages consumed, produced back and committed with no decoding and no stage), and the
+   wire format's CPU time per message (decoding each input into its record, encoding the stage's results). No stage
+   runs over Kafka for less than its direct cost plus the bus and the wire format: `bound` is the ratio that sum
+   allows, the most any scheduling of the same work could reach. The LLM stages use the replay backend, so the ratio
    measures the broker, serialisation and commits, not an LLM; over Kafka the evolver keeps its state on the broker,
    as `lema serve` runs it. The recording they replay is made first by journaling a template backend that writes
    well-formed completions (solutions, corrections, new questions) whose numbers vary with each request's seed.
@@ -42,6 +44,7 @@ from lema.records import Question, Record
 from lema.runtime.infra import LocalBroker, free_port
 from lema.runtime.kafka_worker import KafkaWorker
 from lema.runtime.serve import freeze_startup_objects
+from lema.runtime.wire import decode, encode
 from lema.v1 import checker_pb2, checker_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,6 +166,33 @@ def direct(worker_name: str, topic: str, records: list[Record], settings: LemaSe
     return rate
 
 
+class WireCost(NamedTuple):
+    """CPU microseconds per input message of the work only a worker over Kafka does on the wire format."""
+
+    decode_us: float
+    encode_us: float
+    """The stage's results, per input message."""
+
+
+def wire_cost(worker_name: str, topic: str, records: list[Record], settings: LemaSettings, batch: int) -> WireCost:
+    """Decoding every input message into its record and encoding every result the stage makes of them, each timed
+    alone: the direct call does neither, the Kafka worker both (`lema.runtime.wire`)."""
+    values = [encode(record) for record in records]
+    resources = warmed(settings)
+    worker = build_worker(worker_name, settings, resources)
+    results = [m.record for i in range(0, len(records), batch) for m in worker.process(topic, records[i : i + batch])]
+    resources.close()
+    cpu = time.process_time()
+    for value in values:
+        decode(value)
+    decoded = time.process_time() - cpu
+    cpu = time.process_time()
+    for result in results:
+        encode(result)
+    encoded = time.process_time() - cpu
+    return WireCost(decoded / len(records) * 1e6, encoded / len(records) * 1e6)
+
+
 def through_kafka(
     worker_name: str, topic: str, records: list[Record], settings: LemaSettings, bus: BusSettings
 ) -> Rate:
@@ -219,21 +249,27 @@ def kafka_table(
 ) -> None:
     """Each stage over each client in turn, the direct baseline measured right after each run (the load of this
     machine changes by the minute: a ratio compares two neighbouring measurements); with `rounds` > 1 the median
-    of that many ratios, with their range."""
+    of that many ratios, with their range. `bound` is the median round's direct CPU time over the sum of it, the
+    stage's wire cost and the bus's floor."""
     with tempfile.TemporaryDirectory() as tmp:
         recording = Path(tmp) / "recording.jsonl"
         inputs = stage_inputs(messages, recording)
         settings = settings_for(recording)
+        floors = {
+            client: client_floor(inputs["check"], bench_bus(broker, f"floor{client[:5]}", batch, client))
+            for client in clients
+        }
         print(
             f"\nKafka stage throughput ({batch} messages per batch, replayed LLM, steady state after one batch,"
             f" median of {rounds} round(s))"
         )
         print(
             f"{'stage':<8} {'client':<12} {'messages':>8} {'direct msg/s':>13} {'kafka msg/s':>12} {'ratio':>6}"
-            f" {'range':>10} {'direct CPU us/msg':>18} {'kafka CPU us/msg':>17}"
+            f" {'range':>10} {'direct CPU us/msg':>18} {'kafka CPU us/msg':>17} {'decode+encode us':>17} {'bound':>6}"
         )
         for index, (stage, worker_name, topic, _) in enumerate(STAGES):
             records = inputs[stage]
+            wire = wire_cost(worker_name, topic, records, settings, batch)
             for client in clients:
                 runs: list[tuple[Rate, Rate]] = []
                 for round_ in range(rounds):
@@ -247,13 +283,14 @@ def kafka_table(
                 runs.sort(key=lambda run: run[0].per_s / run[1].per_s)
                 ratios = [kafka.per_s / baseline.per_s for kafka, baseline in runs]
                 via_kafka, baseline = runs[len(runs) // 2]  # the median round's numbers
+                bound = baseline.cpu_us / (baseline.cpu_us + wire.decode_us + wire.encode_us + floors[client])
                 print(
                     f"{stage:<8} {client:<12} {len(records):>8} {baseline.per_s:>13.0f} {via_kafka.per_s:>12.0f}"
                     f" {statistics.median(ratios):>6.2f} {f'{ratios[0]:.2f}-{ratios[-1]:.2f}':>10}"
                     f" {baseline.cpu_us:>18.1f} {via_kafka.cpu_us:>17.1f}"
+                    f" {f'{wire.decode_us:.1f}+{wire.encode_us:.1f}':>17} {bound:>6.2f}"
                 )
-        for client in clients:
-            floor = client_floor(inputs["check"], bench_bus(broker, f"floor{client[:5]}", batch, client))
+        for client, floor in floors.items():
             print(f"the bus alone ({client}; consume, produce unchanged, commit; no decoding): {floor:.1f} CPU us/msg")
 
 

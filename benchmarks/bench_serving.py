@@ -7,7 +7,8 @@
 2. gRPC `CorrectorService.Correct` on SmolLM2 (transformers backend, short max_tokens): calls/s at concurrency 16
    (three full batches a round) as a ratio to concurrency 1, rounds interleaved; concurrent calls share the model's
    batches. Target >= 4x.
-3. Each stage's Kafka throughput as a ratio to calling the stage directly (`bench_platform.py`'s table).
+3. Each stage's Kafka throughput as a ratio to calling the stage directly (`bench_platform.py`'s table), beside the
+   `bound` that the per-message work over Kafka (the bus alone, decoding and encoding) puts on that ratio.
    Targets: check and verify >= 0.5x; sample, correct, evolve >= 0.9x.
 4. The LLM stages through the `openai` backend against `lema serve-llm` (SmolLM2, batching), rounds interleaved:
    the sample stage's tokens/s as a ratio to a raw asyncio HTTP client sending the same requests at the same
