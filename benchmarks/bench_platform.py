@@ -7,7 +7,8 @@
    the bus alone (the same messages consumed, produced back and committed with no decoding and no stage), and the
    wire format's CPU time per message (decoding each input into its record, encoding the stage's results). No stage
    runs over Kafka for less than its direct cost plus the bus and the wire format: `bound` is the ratio that sum
-   allows, the most any scheduling of the same work could reach. The LLM stages use the replay backend, so the ratio
+   allows, the most any scheduling of the same work could reach (the bus counted in its own thread, the part that
+   holds the GIL; librdkafka's own threads run beside it). The LLM stages use the replay backend, so the ratio
    measures the broker, serialisation and commits, not an LLM; over Kafka the evolver keeps its state on the broker,
    as `lema serve` runs it. The recording they replay is made first by journaling a template backend that writes
    well-formed completions (solutions, corrections, new questions) whose numbers vary with each request's seed.
@@ -151,21 +152,6 @@ class Rate(NamedTuple):
     cpu_us: float
 
 
-def direct(worker_name: str, topic: str, records: list[Record], settings: LemaSettings, batch: int) -> Rate:
-    """The stage called in batches of `batch`, the first batch a warm-up left out of the clock."""
-    resources = warmed(settings)
-    worker = build_worker(worker_name, settings, resources)
-    freeze_startup_objects()  # as `lema serve` does, so that both sides are measured alike
-    worker.process(topic, records[:batch])
-    wall, cpu = time.perf_counter(), time.process_time()
-    for i in range(batch, len(records), batch):
-        worker.process(topic, records[i : i + batch])
-    measured = len(records) - batch
-    rate = Rate(measured / (time.perf_counter() - wall), (time.process_time() - cpu) / measured * 1e6)
-    resources.close()
-    return rate
-
-
 class WireCost(NamedTuple):
     """CPU microseconds per input message of the work only a worker over Kafka does on the wire format."""
 
@@ -174,23 +160,32 @@ class WireCost(NamedTuple):
     """The stage's results, per input message."""
 
 
-def wire_cost(worker_name: str, topic: str, records: list[Record], settings: LemaSettings, batch: int) -> WireCost:
-    """Decoding every input message into its record and encoding every result the stage makes of them, each timed
-    alone: the direct call does neither, the Kafka worker both (`lema.runtime.wire`)."""
+def direct(
+    worker_name: str, topic: str, records: list[Record], settings: LemaSettings, batch: int
+) -> tuple[Rate, WireCost]:
+    """The stage called in batches of `batch`, the first batch a warm-up left out of the clock; and, timed apart in
+    the same loop, what a worker over Kafka adds: decoding each batch's messages and encoding its results."""
     values = [encode(record) for record in records]
     resources = warmed(settings)
     worker = build_worker(worker_name, settings, resources)
-    results = [m.record for i in range(0, len(records), batch) for m in worker.process(topic, records[i : i + batch])]
+    freeze_startup_objects()  # as `lema serve` does, so that both sides are measured alike
+    worker.process(topic, records[:batch])
+    wall = cpu = decoding = encoding = 0.0
+    for i in range(batch, len(records), batch):
+        decode_started = time.process_time()
+        inputs = [decode(value) for value in values[i : i + batch]]
+        wall_started, cpu_started = time.perf_counter(), time.process_time()
+        results = worker.process(topic, inputs)
+        wall_ended, cpu_ended = time.perf_counter(), time.process_time()
+        for message in results:
+            encode(message.record)
+        decoding += cpu_started - decode_started
+        wall += wall_ended - wall_started
+        cpu += cpu_ended - cpu_started
+        encoding += time.process_time() - cpu_ended
     resources.close()
-    cpu = time.process_time()
-    for value in values:
-        decode(value)
-    decoded = time.process_time() - cpu
-    cpu = time.process_time()
-    for result in results:
-        encode(result)
-    encoded = time.process_time() - cpu
-    return WireCost(decoded / len(records) * 1e6, encoded / len(records) * 1e6)
+    measured = len(records) - batch
+    return Rate(measured / wall, cpu / measured * 1e6), WireCost(decoding / measured * 1e6, encoding / measured * 1e6)
 
 
 def through_kafka(
@@ -222,15 +217,24 @@ def through_kafka(
     return rate
 
 
-def client_floor(records: list[Record], bus: BusSettings) -> float:
-    """CPU microseconds per message that the bus alone costs: the same messages consumed, produced back unchanged
-    (no decoding, no stage) and committed, in polls of `bus.batch_size`. No stage can run faster over Kafka."""
+class Floor(NamedTuple):
+    """CPU microseconds per message of the bus alone."""
+
+    own_us: float
+    """In the thread that consumes, produces and commits: the part that holds the GIL."""
+    process_us: float
+    """With the client's own background threads (librdkafka's), which run beside it."""
+
+
+def client_floor(records: list[Record], bus: BusSettings) -> Floor:
+    """What the bus alone costs: the same messages consumed, produced back unchanged (no decoding, no stage) and
+    committed, in polls of `bus.batch_size`. No stage can run faster over Kafka."""
     ensure_topics(bus, ["floor.in", "floor.out"], partitions=4, replication_factor=1)
     producer = kafka_bus(bus, client_id="bench-floor")
     producer.publish([Message("floor.in", r.key, r) for r in records])  # type: ignore[attr-defined]
     inbox = kafka_inbox(bus, bus.group_prefix + "floor", ["floor.in"], client_id="bench-floor")
     consumed = len(inbox.poll(5))
-    cpu = time.process_time()
+    own, cpu = time.thread_time(), time.process_time()
     measured = 0
     while consumed < len(records):
         deliveries = inbox.poll(0.5)
@@ -238,7 +242,8 @@ def client_floor(records: list[Record], bus: BusSettings) -> float:
         inbox.commit(deliveries)
         consumed += len(deliveries)
         measured += len(deliveries)
-    floor = (time.process_time() - cpu) / max(measured, 1) * 1e6
+    per_message = 1e6 / max(measured, 1)
+    floor = Floor((time.thread_time() - own) * per_message, (time.process_time() - cpu) * per_message)
     inbox.close()
     producer.close()
     return floor
@@ -249,8 +254,9 @@ def kafka_table(
 ) -> None:
     """Each stage over each client in turn, the direct baseline measured right after each run (the load of this
     machine changes by the minute: a ratio compares two neighbouring measurements); with `rounds` > 1 the median
-    of that many ratios, with their range. `bound` is the median round's direct CPU time over the sum of it, the
-    stage's wire cost and the bus's floor."""
+    of that many ratios, with their range. `bound`, the median over the rounds, is the direct CPU time over the sum
+    of it, the round's decoding and encoding and the bus's floor in its own thread: the costs that hold the GIL one
+    after the other."""
     with tempfile.TemporaryDirectory() as tmp:
         recording = Path(tmp) / "recording.jsonl"
         inputs = stage_inputs(messages, recording)
@@ -269,29 +275,30 @@ def kafka_table(
         )
         for index, (stage, worker_name, topic, _) in enumerate(STAGES):
             records = inputs[stage]
-            wire = wire_cost(worker_name, topic, records, settings, batch)
             for client in clients:
-                runs: list[tuple[Rate, Rate]] = []
+                runs: list[tuple[Rate, Rate, WireCost]] = []
                 for round_ in range(rounds):
                     bus = bench_bus(broker, f"bench{index}{client[:5]}r{round_}", batch, client)
-                    runs.append(
-                        (
-                            through_kafka(worker_name, topic, records, settings, bus),
-                            direct(worker_name, topic, records, settings, batch),
-                        )
-                    )
+                    via_kafka = through_kafka(worker_name, topic, records, settings, bus)
+                    runs.append((via_kafka, *direct(worker_name, topic, records, settings, batch)))
                 runs.sort(key=lambda run: run[0].per_s / run[1].per_s)
-                ratios = [kafka.per_s / baseline.per_s for kafka, baseline in runs]
-                via_kafka, baseline = runs[len(runs) // 2]  # the median round's numbers
-                bound = baseline.cpu_us / (baseline.cpu_us + wire.decode_us + wire.encode_us + floors[client])
+                ratios = [kafka.per_s / baseline.per_s for kafka, baseline, _ in runs]
+                bounds = sorted(
+                    baseline.cpu_us / (baseline.cpu_us + wire.decode_us + wire.encode_us + floors[client].own_us)
+                    for _, baseline, wire in runs
+                )
+                via_kafka, baseline, wire = runs[len(runs) // 2]  # the median round's numbers
                 print(
                     f"{stage:<8} {client:<12} {len(records):>8} {baseline.per_s:>13.0f} {via_kafka.per_s:>12.0f}"
                     f" {statistics.median(ratios):>6.2f} {f'{ratios[0]:.2f}-{ratios[-1]:.2f}':>10}"
                     f" {baseline.cpu_us:>18.1f} {via_kafka.cpu_us:>17.1f}"
-                    f" {f'{wire.decode_us:.1f}+{wire.encode_us:.1f}':>17} {bound:>6.2f}"
+                    f" {f'{wire.decode_us:.1f}+{wire.encode_us:.1f}':>17} {statistics.median(bounds):>6.2f}"
                 )
         for client, floor in floors.items():
-            print(f"the bus alone ({client}; consume, produce unchanged, commit; no decoding): {floor:.1f} CPU us/msg")
+            print(
+                f"the bus alone ({client}; consume, produce unchanged, commit; no decoding): {floor.own_us:.1f} CPU"
+                f" us/msg in its thread, {floor.process_us:.1f} with the client's own threads"
+            )
 
 
 def bench_bus(broker: LocalBroker, namespace: str, batch: int, client: str) -> BusSettings:
