@@ -8,7 +8,8 @@
    wire format's CPU time per message (decoding each input into its record, encoding the stage's results). No stage
    runs over Kafka for less than its direct cost plus the bus and the wire format: `bound` is the ratio that sum
    allows, the most any scheduling of the same work could reach (the bus counted in its own thread, the part that
-   holds the GIL; librdkafka's own threads run beside it). The LLM stages use the replay backend, so the ratio
+   holds the GIL; librdkafka's own threads run beside it). It is measured too, so a round whose load moved between
+   its measurements can read above it. The LLM stages use the replay backend, so the ratio
    measures the broker, serialisation and commits, not an LLM; over Kafka the evolver keeps its state on the broker,
    as `lema serve` runs it. The recording they replay is made first by journaling a template backend that writes
    well-formed completions (solutions, corrections, new questions) whose numbers vary with each request's seed.
