@@ -9,10 +9,10 @@
    runs over Kafka for less than its direct cost plus the bus and the wire format: `bound` is the ratio that sum
    allows, the most any scheduling of the same work could reach (the bus counted in its own thread, the part that
    holds the GIL; librdkafka's own threads run beside it). It is measured too, so a round whose load moved between
-   its measurements can read above it. The LLM stages use the replay backend, so the ratio
-   measures the broker, serialisation and commits, not an LLM; over Kafka the evolver keeps its state on the broker,
-   as `lema serve` runs it. The recording they replay is made first by journaling a template backend that writes
-   well-formed completions (solutions, corrections, new questions) whose numbers vary with each request's seed.
+   its measurements can read above it. The LLM stages use the replay backend, so the ratio measures the broker,
+   serialisation and commits, not an LLM; over Kafka the evolver keeps its state on the broker, as `lema serve` runs
+   it. The recording they replay is made first by journaling a template backend that writes well-formed completions
+   (solutions, corrections, new questions) whose numbers vary with each request's seed.
 
     python benchmarks/bench_platform.py [--messages 4000] [--batch-size 64] [--calls 2000] [--clients librdkafka]
         [--rounds 3]
@@ -280,8 +280,8 @@ def kafka_table(
                 runs: list[tuple[Rate, Rate, WireCost]] = []
                 for round_ in range(rounds):
                     bus = bench_bus(broker, f"bench{index}{client[:5]}r{round_}", batch, client)
-                    via_kafka = through_kafka(worker_name, topic, records, settings, bus)
-                    runs.append((via_kafka, *direct(worker_name, topic, records, settings, batch)))
+                    kafka = through_kafka(worker_name, topic, records, settings, bus)
+                    runs.append((kafka, *direct(worker_name, topic, records, settings, batch)))
                 runs.sort(key=lambda run: run[0].per_s / run[1].per_s)
                 ratios = [kafka.per_s / baseline.per_s for kafka, baseline, _ in runs]
                 bounds = sorted(
