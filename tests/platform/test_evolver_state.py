@@ -10,7 +10,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -152,9 +151,7 @@ def test_a_restarted_evolver_remembers_every_question_and_evolves_nothing_again(
     while handled < len(seeds) + len(corrections):
         assert time.monotonic() < deadline
         deliveries = first.inbox.poll(0.5)
-        settled: Future[None] = Future()
-        first._handle(deliveries, settled)
-        settled.result()  # processed, published and acknowledged
+        first._publish(first._handle(deliveries))  # processed, published and acknowledged
         handled += len(deliveries)
     first.close()  # leaves the group without committing anything
     resources.close()

@@ -69,6 +69,30 @@ def test_an_evicted_members_commit_is_refused_and_its_successor_redoes_the_batch
             successor.close()
 
 
+def test_a_commit_sent_without_waiting_lands_and_a_zombies_moves_nothing(broker: LocalBroker, bus_client: str) -> None:
+    """The worker commits without waiting between batches: the commit must land while the member goes on polling,
+    and an evicted member's must be refused as a waited one is (logged, not raised)."""
+    settings = bus_settings(broker, client=bus_client)
+    ensure_topics(settings, ["work"], partitions=1, replication_factor=1)
+    feed_work(settings)
+    group = settings.group_prefix + "work"
+    member = kafka_inbox(settings, group, ["work"], client_id="test-member")
+    try:
+        batch = poll_until(member, 20)
+        member.commit(batch[:12], wait=False)
+        deadline = time.monotonic() + 30
+        while committed(settings, "work") != {("work", 0): 12}:
+            assert time.monotonic() < deadline, f"committed {committed(settings, 'work')}, expected 12"
+            member.poll(0.2)
+        time.sleep(settings.max_poll_interval_ms / 1000 + 3)  # no poll: evicted from the group
+        member.commit(batch, wait=False)
+        member.poll(1)  # the answer comes back while polling (the member rejoins)
+        time.sleep(1)
+        assert committed(settings, "work") == {("work", 0): 12}
+    finally:
+        member.close()
+
+
 def test_partitions_taken_away_while_a_batch_waits_are_consumed_once_they_come_back(
     broker: LocalBroker, bus_client: str
 ) -> None:
@@ -140,6 +164,10 @@ def test_each_send_waits_for_its_own_acknowledgements_and_a_refused_message_fail
         first = producer.send([RawMessage("acks", f"a{i}".encode(), b"v", []) for i in range(50)])
         second = producer.send([RawMessage("acks", f"b{i}".encode(), b"v", []) for i in range(50)])
         second.wait()
+        deadline = time.monotonic() + 30
+        while not first.done():  # found out without blocking, as the worker does between polls
+            assert time.monotonic() < deadline, "the first send's acknowledgements never came"
+            time.sleep(0.01)
         first.wait()
         with pytest.raises(BusError):
             producer.send([RawMessage("acks", b"huge", b"\x00" * 200_000, [])]).wait()

@@ -136,8 +136,12 @@ class SlowStage:
         return self._inner.process(topic, records)
 
 
-def test_a_batch_longer_than_the_poll_interval_keeps_its_partitions(broker: LocalBroker, bus_client: str) -> None:
-    """A batch outlasts `max_poll_interval_ms`: the member stays in the group, commits, sees nothing twice."""
+@pytest.mark.parametrize("in_flight", [1, 2], ids=["on-the-polling-thread", "on-processing-threads"])
+def test_a_batch_longer_than_the_poll_interval_keeps_its_partitions(
+    broker: LocalBroker, bus_client: str, in_flight: int
+) -> None:
+    """A batch outlasts `max_poll_interval_ms`, processed on the polling thread or beside it: the member stays in
+    the group, commits, sees nothing twice."""
     # librdkafka takes no poll interval below the session timeout, so its session is short too (its heartbeats run
     # in C threads); kafka-python's heartbeat thread needs the default's slack on a loaded machine.
     session_ms = {"librdkafka": 1000, "kafka-python": 6000}[bus_client]
@@ -150,7 +154,7 @@ def test_a_batch_longer_than_the_poll_interval_keeps_its_partitions(broker: Loca
     producer.close()
     resources = Resources(LemaSettings())
     stage = SlowStage(build_worker("checker", LemaSettings(), resources), pause_s=2.5)  # 2.5x the poll interval
-    worker = KafkaWorker(stage, settings, client_id="test-slow")
+    worker = KafkaWorker(stage, settings, client_id="test-slow", batches_in_flight=in_flight)
     try:
         run_until(worker, len(attempts))
     finally:

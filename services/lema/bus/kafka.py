@@ -72,6 +72,11 @@ class Acks(Protocol):
         so it may wait for messages other sends queued meanwhile as well."""
         ...
 
+    def done(self) -> bool:
+        """Without blocking: whether the broker has answered for every one of them, so that `wait` returns (or
+        raises) at once. librdkafka hands out the answers that arrived first."""
+        ...
+
 
 class KafkaBus(Protocol):
     """Produces records (and dead letters). `send` returns as soon as the messages are queued, so a worker can
@@ -102,20 +107,21 @@ class KafkaInbox(Protocol):
         """Up to `max_records` messages (default: `bus.batch_size`), waiting at most `timeout_s` for the first."""
         ...
 
-    def commit(self, deliveries: Sequence[Delivery]) -> bool:
+    def commit(self, deliveries: Sequence[Delivery], wait: bool = True) -> bool:
         """Commit past the highest offset delivered on each partition; False if a rebalance took them away.
 
         Then the partitions' new owner consumes the batch again: its results are produced twice, with the same
-        keys, which every consumer already treats as one.
+        keys, which every consumer already treats as one. Without `wait` the commit is only sent (True): a refused
+        or failed one is logged, and covered by the next commit or redelivered the same way.
         """
         ...
 
     def wait_paused(self, future: Future[T], keep: int) -> T:
         """The result of `future` (a batch being processed), staying in the group however long it takes.
 
-        Kafka evicts a member that does not poll within `max_poll_interval_ms`. A batch that outlasts
-        `KEEPALIVE_S` is waited for with every partition paused, polling now and then: that keeps the member alive
-        without fetching. Partitions a rebalance assigns meanwhile are paused too, and fetched from where the
+        Kafka evicts a member that does not poll within `max_poll_interval_ms`. A batch not done `KEEPALIVE_S`
+        after the last poll is waited for with every partition paused, polling now and then: that keeps the member
+        alive without fetching. Partitions a rebalance assigns meanwhile are paused too, and fetched from where the
         consumer stopped once it resumes. Up to `keep` messages already fetched when the pause began (the most the
         caller will take once the wait ends) are handed out by the next polls without fetching them again.
         """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -35,6 +35,9 @@ class _Acks:
 
     def __init__(self, producer: KafkaProducer, futures: list[FutureRecordMetadata]) -> None:
         self._producer, self._futures = producer, futures
+
+    def done(self) -> bool:
+        return all(future.is_done for future in self._futures)
 
     def wait(self) -> None:
         self._producer.flush()  # sends what lingers now; it also waits for other sends' messages
@@ -114,6 +117,7 @@ class KafkaPythonInbox:
     ) -> None:
         self.prefix = settings.topic_prefix
         self.group = group
+        self._polled_at = time.monotonic()
         self._consumer = KafkaConsumer(
             **client_options(settings),
             group_id=group,
@@ -129,6 +133,7 @@ class KafkaPythonInbox:
         self._consumer.subscribe([self.prefix + t for t in topics], listener=listener)
 
     def poll(self, timeout_s: float, max_records: int | None = None) -> list[Delivery]:
+        self._polled_at = time.monotonic()
         polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         deliveries: list[Delivery] = []
         for tp, records in polled.items():
@@ -136,12 +141,15 @@ class KafkaPythonInbox:
             deliveries += [Delivery(topic, partition, r.offset, r.key, r.value, list(r.headers or ())) for r in records]
         return deliveries
 
-    def commit(self, deliveries: Sequence[Delivery]) -> bool:
+    def commit(self, deliveries: Sequence[Delivery], wait: bool = True) -> bool:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for d in deliveries:
             tp = TopicPartition(self.prefix + d.topic, d.partition)
             if tp not in offsets or offsets[tp].offset <= d.offset:
                 offsets[tp] = OffsetAndMetadata(d.offset + 1, "", -1)
+        if not wait:
+            self._consumer.commit_async(offsets, callback=self._committed)  # answered during polls
+            return True
         try:  # refused when the coordinator has a newer generation than this member's
             self._consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
         except (CommitFailedError, RebalanceInProgressError) as exc:
@@ -149,9 +157,16 @@ class KafkaPythonInbox:
             return False
         return True
 
+    def _committed(self, offsets: Mapping[TopicPartition, OffsetAndMetadata], response: object) -> None:
+        """The answer to a commit sent without waiting: an exception when it failed."""
+        if isinstance(response, Exception):
+            log.warning(
+                "%s: a commit failed; the next one covers it, or the batch is redelivered: %s", self.group, response
+            )
+
     def wait_paused(self, future: Future[T], keep: int) -> T:  # kafka-python keeps every fetched record paused
         try:
-            return future.result(timeout=KEEPALIVE_S)
+            return future.result(timeout=max(0.0, self._polled_at + KEEPALIVE_S - time.monotonic()))
         except TimeoutError:
             pass
         # A rebalance meanwhile may hand out fetched records of newly assigned partitions: rewound and paused too.

@@ -93,6 +93,11 @@ class _Acks:
                 error
             )
 
+    def done(self) -> bool:
+        if len(self.reports) < self._expected:
+            self._producer.poll(0)
+        return len(self.reports) >= self._expected
+
     @property
     def last_offset(self) -> int:
         """The highest offset acknowledged so far (-1: none)."""
@@ -165,6 +170,7 @@ class RdKafkaInbox:
         self._owned: set[tuple[str, int]] = set()
         """(prefixed topic, partition) assigned to this member now: commits for others are refused."""
         self._paused = False
+        self._polled_at = time.monotonic()
         self._held: list[KafkaMessage] = []
         """Messages fetched before a paused wait, handed out first by the next polls. librdkafka drops what it fetched
         for a partition when it is paused, and fetching again after the wait takes 0.5-0.9 s on Tansu: meanwhile a
@@ -182,6 +188,7 @@ class RdKafkaInbox:
                 # librdkafka refuses a poll interval shorter than the session timeout.
                 "max.poll.interval.ms": max(settings.max_poll_interval_ms, settings.session_timeout_ms),
                 "socket.timeout.ms": COMMIT_TIMEOUT_MS,
+                "on_commit": self._committed,
             }
         )
         self._consumer.subscribe(
@@ -211,6 +218,7 @@ class RdKafkaInbox:
         log.info("%s: %d partition(s) revoked", self.group, len(partitions))
 
     def poll(self, timeout_s: float, max_records: int | None = None) -> list[Delivery]:
+        self._polled_at = time.monotonic()
         wanted = max_records or self._max_records
         polled, self._held = self._held[:wanted], self._held[wanted:]
         if not polled:
@@ -240,7 +248,7 @@ class RdKafkaInbox:
                 log.warning("%s: %s", self.group, error.str())
         return usable
 
-    def commit(self, deliveries: Sequence[Delivery]) -> bool:
+    def commit(self, deliveries: Sequence[Delivery], wait: bool = True) -> bool:
         ends: dict[tuple[str, int], int] = {}
         for d in deliveries:
             where = (self.prefix + d.topic, d.partition)
@@ -254,6 +262,9 @@ class RdKafkaInbox:
             if (topic, partition) in self._owned
         ]
         if not offsets:
+            return not lost
+        if not wait:
+            self._consumer.commit(offsets=offsets, asynchronous=True)  # answered to `_committed`, during polls
             return not lost
         try:
             committed = self._consumer.commit(offsets=offsets, asynchronous=False) or []
@@ -270,9 +281,19 @@ class RdKafkaInbox:
                 return False
         return not lost
 
+    def _committed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """The answer to a commit."""
+        errors = [error] if error is not None else [tp.error for tp in partitions if tp.error is not None]
+        if errors:
+            log.warning(
+                "%s: a commit failed; the next one covers it, or the batch is redelivered: %s",
+                self.group,
+                errors[0].str(),
+            )
+
     def wait_paused(self, future: Future[T], keep: int) -> T:
         try:
-            return future.result(timeout=KEEPALIVE_S)
+            return future.result(timeout=max(0.0, self._polled_at + KEEPALIVE_S - time.monotonic()))
         except TimeoutError:
             pass
         self._paused = True  # partitions assigned meanwhile are paused as they arrive
