@@ -1,14 +1,15 @@
 """A stage worker in a Kafka consumer group: consume batches, process them, produce the results, then commit.
 
-One thread polls the consumer, settles batches and commits them. A stage that calls no LLM server (check, verify,
-the evolver, the replay backend, the dataset writer) is processed on that thread too: with nothing to wait for, a
-thread of its own only adds hand-overs of the GIL to every batch and every delivery report (check over Kafka ran
-at 0.36x of calling it directly that way, 0.47x this way: medians of paired rounds). The LLM stages process up to `batches_in_flight` batches at once on processing threads
-(enough to keep a batching server's `max_concurrency` requests in flight across batch boundaries). Either way one
-batch more waits for the broker to acknowledge its results while the next one is processed: the round trip costs a
-cheap stage about as much as the stage itself. Delivery reports are collected without blocking between polls, and
-batches are committed in the order they were polled, in the background (a failed commit is covered by the next one,
-or the batch is redelivered), and waited for when the worker finishes. Offsets are committed only after the broker
+One thread polls the consumer, settles batches and commits them. A worker that processes one batch at a time
+(`batches_in_flight` 1: every stage but sample and correct against a real LLM server) processes it on that thread
+too: a thread of its own only added hand-overs of the GIL to every batch and every delivery report (check over
+Kafka ran at 0.36x of calling it directly that way, 0.47x this way: medians of paired rounds). The sampler and
+corrector against a real server process up to `batches_in_flight` batches at once on processing threads (enough to
+keep a batching server's `max_concurrency` requests in flight across batch boundaries). Either way one batch more
+waits for the broker to acknowledge its results while the next one is processed: the round trip costs a cheap
+stage about as much as the stage itself. Delivery reports are read between polls without blocking, and batches are
+committed in the order they were polled, without waiting for the answer (a failed commit is covered by the next
+one, or the batch is redelivered), except when the worker finishes. Offsets are committed only after the broker
 has acknowledged every result of the batch, so a crash at any point redelivers the batches not committed
 (at-least-once); results are keyed by deterministic record ids, so a redelivered batch produces the same messages
 and the sink keeps each record once.
