@@ -316,8 +316,10 @@ class KafkaWorker:
             try:
                 with self._busy():
                     ready.set_result(self._handle(deliveries))
-            except BaseException as exc:  # raised when the batch reaches the head, after those before it commit
-                ready.set_exception(exc)
+            except BaseException as exc:
+                if ready.done():  # the batch is done; the consumer failed meanwhile
+                    raise
+                ready.set_exception(exc)  # raised when the batch reaches the head, after those before it commit
         self._window.append(_InFlight(deliveries, self._inbox_generation, ready))
 
     def _wait_for_head(self) -> None:
