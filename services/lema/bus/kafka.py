@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -111,8 +112,9 @@ class KafkaInbox(Protocol):
         """Commit past the highest offset delivered on each partition; False if a rebalance took them away.
 
         Then the partitions' new owner consumes the batch again: its results are produced twice, with the same
-        keys, which every consumer already treats as one. Without `wait` the commit is only sent (True): a refused
-        or failed one is logged, and covered by the next commit or redelivered the same way.
+        keys, which every consumer already treats as one. Without `wait` the commit is only sent, so the result
+        says only what is known at once: a commit the coordinator refuses or that fails is logged, and covered by
+        the next one or redelivered the same way.
         """
         ...
 
@@ -153,6 +155,12 @@ class TopicLog(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def keepalive_wait_s(polled_at: float) -> float:
+    """How long `wait_paused` may wait before it pauses and polls: `KEEPALIVE_S` counted from the last poll (at
+    `polled_at`, `time.monotonic`), so a wait that begins late still polls in time."""
+    return max(0.0, polled_at + KEEPALIVE_S - time.monotonic())
 
 
 def kafka_bus(settings: BusSettings, client_id: str) -> KafkaBus:

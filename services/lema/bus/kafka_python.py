@@ -23,6 +23,7 @@ from lema.bus.kafka import (
     RawMessage,
     T,
     client_options,
+    keepalive_wait_s,
 )
 from lema.config import BusSettings
 from lema.runtime.wire import encode
@@ -166,7 +167,7 @@ class KafkaPythonInbox:
 
     def wait_paused(self, future: Future[T], keep: int) -> T:  # kafka-python keeps every fetched record paused
         try:
-            return future.result(timeout=max(0.0, self._polled_at + KEEPALIVE_S - time.monotonic()))
+            return future.result(timeout=keepalive_wait_s(self._polled_at))
         except TimeoutError:
             pass
         # A rebalance meanwhile may hand out fetched records of newly assigned partitions: rewound and paused too.

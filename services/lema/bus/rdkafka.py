@@ -30,6 +30,7 @@ from lema.bus.kafka import (
     RawMessage,
     T,
     client_options,
+    keepalive_wait_s,
 )
 from lema.config import BusSettings
 from lema.runtime.wire import encode
@@ -282,7 +283,7 @@ class RdKafkaInbox:
         return not lost
 
     def _committed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        """The answer to a commit."""
+        """The answer to a commit sent without waiting (librdkafka reports only those here, during polls)."""
         errors = [error] if error is not None else [tp.error for tp in partitions if tp.error is not None]
         if errors:
             log.warning(
@@ -293,7 +294,7 @@ class RdKafkaInbox:
 
     def wait_paused(self, future: Future[T], keep: int) -> T:
         try:
-            return future.result(timeout=max(0.0, self._polled_at + KEEPALIVE_S - time.monotonic()))
+            return future.result(timeout=keepalive_wait_s(self._polled_at))
         except TimeoutError:
             pass
         self._paused = True  # partitions assigned meanwhile are paused as they arrive

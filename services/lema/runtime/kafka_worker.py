@@ -232,8 +232,7 @@ class KafkaWorker:
             if batches_in_flight > 1
             else None
         )
-        inbox = lambda: None if self._inbox_stale else self.inbox  # noqa: E731
-        self._keepalive = _Keepalive(worker.name, inbox, keep=self.depth * settings.batch_size)
+        self._keepalive = _Keepalive(worker.name, self._live_inbox, keep=self.depth * settings.batch_size)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event, poll_timeout_s: float = 0.5) -> None:
@@ -387,6 +386,10 @@ class KafkaWorker:
             self.inbox.close()
         except Exception as close_error:  # closing a member the broker already dropped may fail too
             log.debug("%s: closing the old consumer: %s", self.worker.name, close_error)
+
+    def _live_inbox(self) -> KafkaInbox | None:
+        """The consumer, unless the broker invalidated it (the next poll builds its successor)."""
+        return None if self._inbox_stale else self.inbox
 
     def _ensure_inbox(self) -> None:
         if self._inbox_stale:
