@@ -69,7 +69,9 @@ def test_an_evicted_members_commit_is_refused_and_its_successor_redoes_the_batch
             successor.close()
 
 
-def test_a_commit_sent_without_waiting_lands_and_a_zombies_moves_nothing(broker: LocalBroker, bus_client: str) -> None:
+def test_a_commit_sent_without_waiting_lands_and_an_evicted_members_moves_nothing(
+    broker: LocalBroker, bus_client: str
+) -> None:
     """The worker commits without waiting between batches: the commit must land while the member goes on polling,
     and an evicted member's must be refused as a waited one is (logged, not raised)."""
     settings = bus_settings(broker, client=bus_client)
